@@ -1,0 +1,366 @@
+//! TOML configuration. One file; every error names the file, the key and the reason.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`) so a typo never silently falls
+//! back to a default. Durations are integers whose unit is in the key name.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub registrar: RegistrarConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Directory of the config file; relative paths in it are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub id: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: "tandem-1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    /// Domains this node is responsible for; empty accepts any.
+    pub domains: Vec<String>,
+    pub max_message_size: usize,
+    pub tcp_max_connections: usize,
+    pub tcp_message_timeout_ms: u64,
+    pub tcp_idle_timeout_secs: u64,
+    pub max_transactions: usize,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: vec!["127.0.0.1:5060".parse().unwrap()],
+            tcp: vec!["127.0.0.1:5060".parse().unwrap()],
+            domains: Vec::new(),
+            max_message_size: 65_535,
+            tcp_max_connections: 4096,
+            tcp_message_timeout_ms: 10_000,
+            tcp_idle_timeout_secs: 300,
+            max_transactions: 1_000_000,
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DigestAlgorithm {
+    #[serde(rename = "SHA-256")]
+    Sha256,
+    #[serde(rename = "MD5")]
+    Md5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub authenticate: bool,
+    pub realm: String,
+    pub algorithms: Vec<DigestAlgorithm>,
+    pub nonce_ttl_secs: u64,
+    pub min_expires_secs: u32,
+    pub max_expires_secs: u32,
+    pub default_expires_secs: u32,
+    pub max_contacts_per_aor: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            authenticate: true,
+            realm: "tandem.local".into(),
+            algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
+            nonce_ttl_secs: 300,
+            min_expires_secs: 60,
+            max_expires_secs: 7200,
+            default_expires_secs: 3600,
+            max_contacts_per_aor: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub path: PathBuf,
+    pub batch_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Sqlite,
+            path: "tandem.db".into(),
+            batch_max: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9060".parse().unwrap(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            reason: format!("cannot read file: {e}"),
+        })?;
+        let mut cfg = Config::from_toml(&text, &file)?;
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_default();
+            ConfigError {
+                file: file.to_string(),
+                key: if key == "." { "-".into() } else { key },
+                reason: format!("{reason}{at}"),
+            }
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        if self.node.id.is_empty() {
+            return Err(err("node.id", "must not be empty".into()));
+        }
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
+            return Err(err(
+                "sip.udp",
+                "no SIP listener: set sip.udp or sip.tcp".into(),
+            ));
+        }
+        if !(1024..=1_048_576).contains(&self.sip.max_message_size) {
+            return Err(err(
+                "sip.max_message_size",
+                "must be between 1024 and 1048576 bytes".into(),
+            ));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(err("sip.t2_ms", "T1 must be > 0 and T2 >= T1".into()));
+        }
+        if self.sip.max_transactions == 0 {
+            return Err(err("sip.max_transactions", "must be > 0".into()));
+        }
+        let r = &self.registrar;
+        if r.min_expires_secs == 0 || r.min_expires_secs > r.max_expires_secs {
+            return Err(err(
+                "registrar.min_expires_secs",
+                "must be > 0 and <= registrar.max_expires_secs".into(),
+            ));
+        }
+        if r.default_expires_secs < r.min_expires_secs
+            || r.default_expires_secs > r.max_expires_secs
+        {
+            return Err(err(
+                "registrar.default_expires_secs",
+                "must lie between min_expires_secs and max_expires_secs".into(),
+            ));
+        }
+        if r.max_contacts_per_aor == 0 {
+            return Err(err("registrar.max_contacts_per_aor", "must be > 0".into()));
+        }
+        if r.authenticate && r.algorithms.is_empty() {
+            return Err(err(
+                "registrar.algorithms",
+                "at least one algorithm is needed when authenticate = true".into(),
+            ));
+        }
+        if r.realm.is_empty() || r.realm.contains(['"', '\\']) {
+            return Err(err(
+                "registrar.realm",
+                "must be non-empty and contain no quote or backslash".into(),
+            ));
+        }
+        if self.store.batch_max == 0 {
+            return Err(err("store.batch_max", "must be > 0".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.username.is_empty()
+                || !u
+                    .username
+                    .bytes()
+                    .all(|c| c.is_ascii_graphic() && c != b'@' && c != b':')
+            {
+                return Err(err(
+                    &format!("users[{i}].username"),
+                    "must be non-empty, printable, without '@' or ':'".into(),
+                ));
+            }
+            if u.password.is_empty() {
+                return Err(err(
+                    &format!("users[{i}].password"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !seen.insert(u.username.as_str()) {
+                return Err(err(
+                    &format!("users[{i}].username"),
+                    format!("duplicate user {:?}", u.username),
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| err("log.level", format!("invalid filter: {e}")))?;
+        Ok(())
+    }
+
+    /// The store path, resolved against the config file's directory.
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.base_dir.join(&self.store.path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_file_is_valid() {
+        let text = include_str!("../config/tandem.toml");
+        let cfg = Config::from_toml(text, "config/tandem.toml").unwrap();
+        assert_eq!(
+            cfg.sip.udp,
+            vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            cfg.admin.listen,
+            "127.0.0.1:9060".parse::<SocketAddr>().unwrap()
+        );
+        assert!(!cfg.users.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = Config::from_toml("[sip]\nudpp = []\n", "x.toml").unwrap_err();
+        assert_eq!(e.file, "x.toml");
+        assert!(e.key.contains("sip"), "{e}");
+        assert!(e.reason.contains("udpp"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let e = Config::from_toml("[sip]\nudp = [\"nonsense\"]\n", "x.toml").unwrap_err();
+        assert!(e.key.starts_with("sip.udp"), "{e}");
+        let e = Config::from_toml("[registrar]\nmin_expires_secs = 9000\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "registrar.min_expires_secs");
+        let e = Config::from_toml("[[users]]\nusername = \"a\"\npassword = \"\"\n", "x.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "users[0].password");
+    }
+}

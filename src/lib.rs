@@ -1,0 +1,11 @@
+//! Tandem: a clustered SIP softswitch. See `ARCHITECTURE.md` in the design notes
+//! and `docs/` for how the modules fit together.
+
+pub mod admin;
+pub mod admission;
+pub mod config;
+pub mod location;
+pub mod node;
+pub mod registrar;
+pub mod sip;
+pub mod store;

@@ -1,0 +1,246 @@
+//! The location table (seed 000's "registration table"): bindings per address-of-
+//! record, in memory. Lookups never touch the store; the store only makes the table
+//! durable (and, in the cluster issues, replicated). Knows nothing of SIP transports.
+
+use parking_lot::RwLock;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// Wall-clock milliseconds since the Unix epoch. Bindings outlive the process (they
+/// are persisted), so their expiry is wall-clock time, not a monotonic `Instant`.
+pub type UnixMs = u64;
+
+pub fn now_ms() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The identity of a node (owner of the bindings it registered).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeId(pub Arc<str>);
+
+/// One contact bound to an address-of-record (RFC 3261 §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Normalised AOR (`sip:user@host`).
+    pub aor: String,
+    /// What identifies this binding within its AOR: `+sip.instance` (+ `reg-id`)
+    /// when the phone sent one (RFC 5626 §6), else the normalised contact URI.
+    pub key: String,
+    /// Contact URI exactly as the phone sent it.
+    pub contact: String,
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    /// q-value in thousandths (RFC 3261 §20.10), `None` when not given.
+    pub q: Option<u16>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub expires_at: UnixMs,
+    /// Path header values (RFC 3327), in order.
+    pub path: Vec<String>,
+    /// Where the REGISTER came from (`udp:1.2.3.4:5060`), for NAT'd delivery later.
+    pub source: String,
+    pub user_agent: Option<String>,
+    pub owner: NodeId,
+}
+
+impl Binding {
+    pub fn remaining_secs(&self, now: UnixMs) -> u64 {
+        self.expires_at.saturating_sub(now).div_ceil(1000)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_aor: HashMap<String, Vec<Binding>>,
+    /// Min-heap of (expiry, aor) with lazy deletion: an entry is checked against the
+    /// table when it pops, so refreshes need no heap update.
+    expiry: BinaryHeap<Reverse<(UnixMs, String)>>,
+    count: usize,
+}
+
+/// Thread-safe location table.
+#[derive(Default)]
+pub struct LocationTable {
+    inner: RwLock<Inner>,
+}
+
+impl LocationTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Current (unexpired) bindings of an AOR, highest q first.
+    pub fn lookup(&self, aor: &str, now: UnixMs) -> Vec<Binding> {
+        let inner = self.inner.read();
+        let mut v: Vec<Binding> = inner
+            .by_aor
+            .get(aor)
+            .map(|b| b.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|b| Reverse(b.q.unwrap_or(1000)));
+        v
+    }
+
+    /// Runs `f` on the AOR's bindings under the write lock (read-modify-write of one
+    /// REGISTER is atomic). `f` returns the new list or an error that leaves it as is.
+    pub fn update<T, E>(
+        &self,
+        aor: &str,
+        f: impl FnOnce(&[Binding]) -> Result<(Vec<Binding>, T), E>,
+    ) -> Result<T, E> {
+        let mut inner = self.inner.write();
+        let old = inner.by_aor.get(aor).map(Vec::as_slice).unwrap_or(&[]);
+        let old_len = old.len();
+        let (new, out) = f(old)?;
+        let new_len = new.len();
+        let earliest = new.iter().map(|b| b.expires_at).min();
+        if new.is_empty() {
+            inner.by_aor.remove(aor);
+        } else {
+            inner.by_aor.insert(aor.to_string(), new);
+        }
+        inner.count = inner.count + new_len - old_len;
+        if let Some(t) = earliest {
+            inner.expiry.push(Reverse((t, aor.to_string())));
+        }
+        Ok(out)
+    }
+
+    /// Inserts bindings loaded from the store at start-up.
+    pub fn load(&self, bindings: Vec<Binding>) {
+        let mut inner = self.inner.write();
+        for b in bindings {
+            inner.expiry.push(Reverse((b.expires_at, b.aor.clone())));
+            let list = inner.by_aor.entry(b.aor.clone()).or_default();
+            if let Some(old) = list.iter_mut().find(|o| o.key == b.key) {
+                *old = b;
+            } else {
+                list.push(b);
+                inner.count += 1;
+            }
+        }
+    }
+
+    /// Removes every binding whose expiry has passed; returns them.
+    pub fn purge_expired(&self, now: UnixMs) -> Vec<Binding> {
+        let mut inner = self.inner.write();
+        let mut removed = Vec::new();
+        while let Some(Reverse((t, _))) = inner.expiry.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, aor))) = inner.expiry.pop() else {
+                break;
+            };
+            let Some(list) = inner.by_aor.get_mut(&aor) else {
+                continue;
+            };
+            let before = list.len();
+            let mut kept = Vec::with_capacity(before);
+            for b in list.drain(..) {
+                if b.expires_at <= now {
+                    removed.push(b);
+                } else {
+                    kept.push(b);
+                }
+            }
+            let after = kept.len();
+            let next = kept.iter().map(|b| b.expires_at).min();
+            if kept.is_empty() {
+                inner.by_aor.remove(&aor);
+            } else {
+                *inner.by_aor.get_mut(&aor).expect("present") = kept;
+            }
+            inner.count -= before - after;
+            if let Some(next) = next {
+                // keep one heap entry per AOR alive for its next expiry
+                if before != after {
+                    inner.expiry.push(Reverse((next, aor)));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Number of bindings held (including ones expired but not yet purged).
+    pub fn len(&self) -> usize {
+        self.inner.read().count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(aor: &str, key: &str, exp: UnixMs, q: Option<u16>) -> Binding {
+        Binding {
+            aor: aor.into(),
+            key: key.into(),
+            contact: key.into(),
+            instance: None,
+            reg_id: None,
+            q,
+            call_id: "c".into(),
+            cseq: 1,
+            expires_at: exp,
+            path: vec![],
+            source: "udp:127.0.0.1:5070".into(),
+            user_agent: None,
+            owner: NodeId("n".into()),
+        }
+    }
+
+    #[test]
+    fn lookup_orders_by_q_and_hides_expired() {
+        let t = LocationTable::new();
+        t.update::<_, ()>("sip:a@h", |_| {
+            Ok((
+                vec![
+                    b("sip:a@h", "x", 5000, Some(500)),
+                    b("sip:a@h", "y", 9000, Some(900)),
+                    b("sip:a@h", "z", 100, None),
+                ],
+                (),
+            ))
+        })
+        .unwrap();
+        let l = t.lookup("sip:a@h", 1000);
+        assert_eq!(
+            l.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
+            vec!["y", "x"]
+        );
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn purge_removes_on_time_even_after_refresh() {
+        let t = LocationTable::new();
+        t.update::<_, ()>("sip:a@h", |_| Ok((vec![b("sip:a@h", "x", 1000, None)], ())))
+            .unwrap();
+        // refreshed to a later expiry: the stale heap entry must not remove it
+        t.update::<_, ()>("sip:a@h", |_| Ok((vec![b("sip:a@h", "x", 5000, None)], ())))
+            .unwrap();
+        assert!(t.purge_expired(1500).is_empty());
+        assert_eq!(t.len(), 1);
+        let gone = t.purge_expired(5000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.len(), 0);
+        assert!(t.lookup("sip:a@h", 0).is_empty());
+    }
+
+    #[test]
+    fn failed_update_changes_nothing() {
+        let t = LocationTable::new();
+        let r: Result<(), &str> = t.update("sip:a@h", |_| Err("no"));
+        assert!(r.is_err());
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,411 @@
+//! One Tandem node: the core that takes framed messages from the transports, runs
+//! them through validation and the transaction layer, and hands new requests to the
+//! registrar or answers them itself (RFC 3261 §8.2, §16.3, §17.2.3, §18.2).
+
+pub mod run;
+mod uas;
+
+use crate::admission::{Admission, Decision, RegisterAttempt};
+use crate::location::now_ms;
+use crate::registrar::{Outcome, Registrar};
+use crate::sip::message::build::{new_tag, response_to, stateless_error};
+use crate::sip::message::validate::{validate_request, Rejection};
+use crate::sip::message::{parse, HeaderName, Message, Method, Request, Response, Via};
+use crate::sip::transaction::table::{RequestOutcome, ServerTransactions, TimerOutput};
+use crate::sip::transaction::{Reliability, TimerConfig, TransactionKind};
+use crate::sip::transport::{Handler, Protocol, Replier, Source};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, instrument};
+
+/// RFC 3261 §17.2.3 server transaction key: branch, sent-by and method (ACK is
+/// matched with its INVITE). RFC 2543 requests without the magic cookie are keyed
+/// by Call-ID, From tag and CSeq number instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    branch: Box<str>,
+    sent_by: Box<str>,
+    method: Box<str>,
+}
+
+impl TxKey {
+    fn for_request(req: &Request, via: &Via, method: &str) -> TxKey {
+        let branch: Box<str> = match via.branch() {
+            // RFC 4475 `badbranch`: a bare cookie is no transaction id
+            Some(b) if b.starts_with("z9hG4bK") && b.len() > 7 => b.into(),
+            _ => format!(
+                "2543|{}|{}|{}",
+                req.call_id().unwrap_or(""),
+                req.from()
+                    .and_then(|f| f.tag().map(str::to_string))
+                    .unwrap_or_default(),
+                req.cseq().map(|c| c.seq).unwrap_or(0)
+            )
+            .into(),
+        };
+        TxKey {
+            branch,
+            sent_by: via.sent_by().into(),
+            method: method.into(),
+        }
+    }
+}
+
+pub struct Node {
+    registrar: Registrar,
+    admission: Box<dyn Admission>,
+    transactions: Mutex<ServerTransactions<TxKey>>,
+    /// Where to retransmit INVITE final responses (Timer G); UDP only, few entries.
+    invite_targets: Mutex<HashMap<TxKey, (Replier, SocketAddr)>>,
+}
+
+/// The transports' handler: a cheap clone of the node.
+#[derive(Clone)]
+pub struct NodeHandle(pub Arc<Node>);
+
+impl Handler for NodeHandle {
+    fn on_message(&self, data: Bytes, source: Source) {
+        self.0.handle(&self.0, data, source);
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    // Bounded label values: extension methods from the wire are untrusted.
+    match m {
+        Method::Invite => "INVITE",
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Register => "REGISTER",
+        Method::Options => "OPTIONS",
+        Method::Info => "INFO",
+        Method::Update => "UPDATE",
+        Method::Prack => "PRACK",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Notify => "NOTIFY",
+        Method::Refer => "REFER",
+        Method::Message => "MESSAGE",
+        Method::Publish => "PUBLISH",
+        Method::Extension(_) => "other",
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in
+/// its top Via, so the response goes back there (§18.2.2).
+fn stamp_via(req: &mut Request, peer: SocketAddr) -> Option<Via> {
+    let h = req.headers.first_mut(&HeaderName::Via)?;
+    let mut vias = Via::parse_all(&h.value)?;
+    let top = vias.first_mut()?;
+    let ip = peer.ip().to_string();
+    let rport = top.params.iter().position(|(n, _)| n == "rport");
+    let mut changed = false;
+    if let Some(i) = rport {
+        top.params[i].1 = Some(peer.port().to_string());
+        changed = true;
+    }
+    let host_is_peer = top.host_ip() == Some(peer.ip());
+    if !host_is_peer || rport.is_some() {
+        top.params.retain(|(n, _)| n != "received");
+        top.params.push(("received".into(), Some(ip)));
+        changed = true;
+    }
+    if changed {
+        let mut v = format!("SIP/2.0/{} {}", top.transport, top.sent_by());
+        for (n, val) in &top.params {
+            v.push(';');
+            v.push_str(n);
+            if let Some(val) = val {
+                v.push('=');
+                v.push_str(val);
+            }
+        }
+        // keep the other values of this header field as they were
+        let rest = crate::sip::message::scan::split_commas(&h.value)
+            .map(|parts| parts[1..].join(", "))
+            .unwrap_or_default();
+        if !rest.is_empty() {
+            v.push_str(", ");
+            v.push_str(&rest);
+        }
+        h.value = v;
+    }
+    Some(vias.swap_remove(0))
+}
+
+/// RFC 3261 §18.2.2 with RFC 3581: the source address, and the source port when
+/// `rport` was asked for, else the Via port. Never anywhere but the source host.
+fn response_dest(via: &Via, src: &Source) -> SocketAddr {
+    if src.protocol.is_reliable() {
+        return src.peer;
+    }
+    let port = match crate::sip::message::values::param(&via.params, "rport") {
+        Some(_) => src.peer.port(),
+        None => via.port.unwrap_or(5060),
+    };
+    SocketAddr::new(src.peer.ip(), port)
+}
+
+impl Node {
+    pub fn new(
+        registrar: Registrar,
+        admission: Box<dyn Admission>,
+        timers: TimerConfig,
+        max_transactions: usize,
+    ) -> Node {
+        Node {
+            registrar,
+            admission,
+            transactions: Mutex::new(ServerTransactions::new(timers, max_transactions)),
+            invite_targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    pub fn active_transactions(&self) -> usize {
+        self.transactions.lock().len()
+    }
+
+    /// Entry point for every framed message. Never panics on wire input.
+    pub fn handle(&self, this: &Arc<Node>, data: Bytes, src: Source) {
+        let msg = match parse(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::counter!("tandem_sip_parse_errors_total", "transport" => src.protocol.as_str(), "reason" => "syntax").increment(1);
+                debug!(source = %src, reason = e.reason, "unparseable message");
+                // Responses that do not parse are dropped (RFC 4475 `scalarlg`, `bigcode`).
+                if e.is_request {
+                    if let Some(r) = stateless_error(&data, e.status, e.reason) {
+                        src.reply.send(src.peer, r);
+                    }
+                }
+                return;
+            }
+        };
+        match msg {
+            Message::Request(req) => self.handle_request(this, req, src),
+            Message::Response(resp) => {
+                // No client transactions yet: a response that matches none is dropped
+                // (RFC 3261 §18.1.2; RFC 4475 `unreason`, `bcast`).
+                metrics::counter!("tandem_sip_stray_responses_total").increment(1);
+                debug!(source = %src, status = resp.status, "response matches no transaction; dropped");
+            }
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(method = %req.method, source = %src))]
+    fn handle_request(&self, this: &Arc<Node>, mut req: Request, src: Source) {
+        metrics::counter!("tandem_sip_requests_total", "method" => method_label(&req.method))
+            .increment(1);
+        let Some(via) = stamp_via(&mut req, src.peer) else {
+            // Without a usable Via there is nowhere to answer (RFC 3261 §18.2.2).
+            metrics::counter!("tandem_sip_parse_errors_total", "transport" => src.protocol.as_str(), "reason" => "via").increment(1);
+            if let Some(r) = stateless_error(&req.to_bytes(), 400, "Malformed Via") {
+                src.reply.send(src.peer, r);
+            }
+            return;
+        };
+        let dest = response_dest(&via, &src);
+        if let Err(Rejection { status, reason }) = validate_request(&req) {
+            metrics::counter!("tandem_sip_parse_errors_total", "transport" => src.protocol.as_str(), "reason" => "invalid").increment(1);
+            if req.method != Method::Ack {
+                let mut r = response_to(&req, status, Some(&new_tag()));
+                r.reason = reason.to_string();
+                if status == 501 {
+                    r.headers.push(HeaderName::Allow, uas::ALLOW);
+                }
+                self.send_stateless(&req, &src, dest, r);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let reliability = if src.protocol.is_reliable() {
+            Reliability::Reliable
+        } else {
+            Reliability::Unreliable
+        };
+        if req.method == Method::Ack {
+            // An ACK for a non-2xx final response belongs to the INVITE transaction
+            // (§17.2.3); an ACK for a 2xx would go end to end, and there are no
+            // dialogs here yet, so it is dropped.
+            let key = TxKey::for_request(&req, &via, "INVITE");
+            self.transactions.lock().handle_ack(now, &key);
+            return;
+        }
+        let (kind, method) = match req.method {
+            Method::Invite => (TransactionKind::Invite, "INVITE"),
+            _ => (TransactionKind::NonInvite, req.method.as_str()),
+        };
+        let key = TxKey::for_request(&req, &via, method);
+        let outcome = self
+            .transactions
+            .lock()
+            .handle_request(now, key.clone(), kind, reliability);
+        match outcome {
+            RequestOutcome::Retransmission { resend } => {
+                metrics::counter!("tandem_sip_retransmissions_total", "method" => method_label(&req.method)).increment(1);
+                if let Some(b) = resend {
+                    src.reply.send(dest, b);
+                }
+                return;
+            }
+            RequestOutcome::Full => {
+                let mut r = response_to(&req, 503, Some(&new_tag()));
+                r.headers.push(HeaderName::RetryAfter, "5");
+                self.send_stateless(&req, &src, dest, r);
+                return;
+            }
+            RequestOutcome::New => {}
+        }
+        if kind == TransactionKind::Invite && !src.protocol.is_reliable() {
+            self.invite_targets
+                .lock()
+                .insert(key.clone(), (src.reply.clone(), dest));
+        }
+        match uas::route(self, &req) {
+            uas::Route::Respond(r) => self.respond(&key, &req, &src, dest, r),
+            uas::Route::Register => self.register(this, key, req, src, dest),
+        }
+    }
+
+    fn register(&self, this: &Arc<Node>, key: TxKey, req: Request, src: Source, dest: SocketAddr) {
+        let aor = req.to().map(|t| t.uri.aor_key()).unwrap_or_default();
+        match self.admission.admit(&RegisterAttempt {
+            aor: &aor,
+            source: src.peer,
+        }) {
+            Decision::Admit(_) => {}
+            Decision::Deny { retry_after_secs } => {
+                let mut r = response_to(&req, 503, Some(&new_tag()));
+                r.headers
+                    .push(HeaderName::RetryAfter, retry_after_secs.to_string());
+                metrics::counter!("tandem_register_total", "outcome" => "denied").increment(1);
+                return self.respond(&key, &req, &src, dest, r);
+            }
+        }
+        let source = format!("{}:{}", src.protocol.as_str(), src.peer);
+        match self
+            .registrar
+            .handle(&req, &source, Instant::now(), now_ms())
+        {
+            Outcome::Respond(r) => self.respond(&key, &req, &src, dest, r),
+            Outcome::AfterCommit(r, ticket) => {
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let r = match ticket.wait().await {
+                        Ok(()) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "binding not persisted; answering 500");
+                            metrics::counter!("tandem_register_total", "outcome" => "store_error")
+                                .increment(1);
+                            response_to(&req, 500, Some(&new_tag()))
+                        }
+                    };
+                    this.respond(&key, &req, &src, dest, r);
+                });
+            }
+        }
+    }
+
+    /// Sends a response through the request's server transaction.
+    fn respond(&self, key: &TxKey, req: &Request, src: &Source, dest: SocketAddr, resp: Response) {
+        metrics::counter!("tandem_sip_responses_total", "method" => method_label(&req.method), "status" => status_label(resp.status)).increment(1);
+        let bytes = resp.to_bytes();
+        let sent = self
+            .transactions
+            .lock()
+            .send_response(Instant::now(), key, resp.status, bytes);
+        match sent {
+            Ok(b) => src.reply.send(dest, b),
+            Err(e) => debug!(error = %e, "response not sent through transaction"),
+        }
+        if resp.status >= 200 && req.method == Method::Invite && resp.status < 300 {
+            self.invite_targets.lock().remove(key);
+        }
+    }
+
+    fn send_stateless(&self, req: &Request, src: &Source, dest: SocketAddr, resp: Response) {
+        metrics::counter!("tandem_sip_responses_total", "method" => method_label(&req.method), "status" => status_label(resp.status)).increment(1);
+        src.reply.send(dest, resp.to_bytes());
+    }
+
+    /// Runs due transaction timers (Timer G retransmissions, H, I, J expiry).
+    pub fn on_tick(&self) {
+        let mut out = Vec::new();
+        {
+            let mut t = self.transactions.lock();
+            out.extend(t.handle_timeout(Instant::now()));
+            metrics::gauge!("tandem_transactions_active").set(t.len() as f64);
+        }
+        if out.is_empty() {
+            return;
+        }
+        let mut targets = self.invite_targets.lock();
+        for o in out {
+            match o {
+                TimerOutput::Retransmit(k, b) => {
+                    if let Some((reply, dest)) = targets.get(&k) {
+                        reply.send(*dest, b);
+                    }
+                }
+                TimerOutput::AckTimeout(k) => {
+                    targets.remove(&k);
+                }
+            }
+        }
+        // entries whose transaction ended (ACK received, Timer I) are dropped
+        let t = self.transactions.lock();
+        targets.retain(|k, _| t.contains(k));
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    // Prometheus labels from a fixed set, so cardinality stays bounded.
+    match s {
+        100 => "100",
+        180 => "180",
+        183 => "183",
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        407 => "407",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        416 => "416",
+        420 => "420",
+        423 => "423",
+        480 => "480",
+        481 => "481",
+        482 => "482",
+        483 => "483",
+        486 => "486",
+        487 => "487",
+        500 => "500",
+        501 => "501",
+        503 => "503",
+        505 => "505",
+        513 => "513",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        s if s < 600 => "5xx",
+        _ => "6xx",
+    }
+}
+
+/// A protocol label for a transport.
+pub fn protocol_label(p: Protocol) -> &'static str {
+    p.as_str()
+}

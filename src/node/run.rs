@@ -1,0 +1,209 @@
+//! Starting and stopping a node: store, location, registrar, transports, admin
+//! listener and the periodic tasks (transaction timers, binding expiry).
+
+use super::{Node, NodeHandle};
+use crate::admission::AdmitAll;
+use crate::config::Config;
+use crate::location::{now_ms, LocationTable};
+use crate::registrar::Registrar;
+use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::tcp::TcpLimits;
+use crate::sip::transport::{tcp, udp, Handler};
+use crate::store::{self, StoreOp, StoreWriter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started node: its bound addresses and its tasks.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+    store_task: Option<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops listening and waits until the store has committed everything queued.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let store_task = self.store_task.take();
+        // The node holds the last writer handles; dropping it closes the queue.
+        drop(self);
+        if let Some(t) = store_task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
+    let mut store = store::open(&cfg).await?;
+    let now = now_ms();
+    let bindings = store.load_bindings(now).await?;
+    let users = store.load_users().await?;
+    let location = Arc::new(LocationTable::new());
+    tracing::info!(
+        bindings = bindings.len(),
+        "bindings restored from the store"
+    );
+    location.load(bindings);
+    metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+    let (writer, store_task) = StoreWriter::spawn(store, cfg.store.batch_max);
+    let registrar = Registrar::new(
+        &cfg,
+        users,
+        location.clone(),
+        writer.clone(),
+        Instant::now(),
+    );
+    let timers = TimerConfig {
+        t1: Duration::from_millis(cfg.sip.t1_ms),
+        t2: Duration::from_millis(cfg.sip.t2_ms),
+        t4: Duration::from_millis(cfg.sip.t4_ms),
+    };
+    let node = Arc::new(Node::new(
+        registrar,
+        Box::new(AdmitAll),
+        timers,
+        cfg.sip.max_transactions,
+    ));
+    let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
+    let mut tasks = Vec::new();
+    let mut udp_addrs = Vec::new();
+    for addr in &cfg.sip.udp {
+        let sock = udp::bind(*addr).map_err(|source| StartError::Bind {
+            proto: "udp",
+            addr: *addr,
+            source,
+        })?;
+        let sock = Arc::new(sock);
+        let local = sock.local_addr().map_err(|source| StartError::Bind {
+            proto: "udp",
+            addr: *addr,
+            source,
+        })?;
+        udp_addrs.push(local);
+        tracing::info!(%local, "listening on UDP");
+        // two receivers per socket so both cores parse when the load calls for it
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(udp::serve(
+                sock.clone(),
+                cfg.sip.max_message_size,
+                handler.clone(),
+            )));
+        }
+    }
+    let mut tcp_addrs = Vec::new();
+    let limits = TcpLimits {
+        max_message_size: cfg.sip.max_message_size,
+        max_connections: cfg.sip.tcp_max_connections,
+        message_timeout: Duration::from_millis(cfg.sip.tcp_message_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_secs),
+    };
+    for addr in &cfg.sip.tcp {
+        let l = bind_tcp(*addr).map_err(|source| StartError::Bind {
+            proto: "tcp",
+            addr: *addr,
+            source,
+        })?;
+        let local = l.local_addr().map_err(|source| StartError::Bind {
+            proto: "tcp",
+            addr: *addr,
+            source,
+        })?;
+        tcp_addrs.push(local);
+        tracing::info!(%local, "listening on TCP");
+        tasks.push(tokio::spawn(tcp::serve(l, limits.clone(), handler.clone())));
+    }
+    let admin = if cfg.admin.enabled {
+        let l = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                proto: "tcp (admin)",
+                addr: cfg.admin.listen,
+                source,
+            })?;
+        let local = l.local_addr().ok();
+        tracing::info!(local = ?local, "admin listener (/health, /metrics)");
+        tasks.push(tokio::spawn(crate::admin::serve(l, node.clone())));
+        local
+    } else {
+        None
+    };
+    tasks.push(tokio::spawn(transaction_timers(node.clone())));
+    tasks.push(tokio::spawn(expire_bindings(location, writer)));
+    Ok(RunningNode {
+        node,
+        udp: udp_addrs,
+        tcp: tcp_addrs,
+        admin,
+        tasks,
+        store_task: Some(store_task),
+    })
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
+}
+
+async fn transaction_timers(node: Arc<Node>) {
+    // 20 ms granularity: Timer G starts at T1 = 500 ms, so this is 4 % jitter at worst.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        node.on_tick();
+    }
+}
+
+async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter) {
+    // Bindings disappear within a second of their expiry (RFC 3261 §10.3).
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let gone = location.purge_expired(now_ms());
+        if !gone.is_empty() {
+            tracing::debug!(count = gone.len(), "bindings expired");
+            metrics::counter!("tandem_bindings_expired_total").increment(gone.len() as u64);
+            metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+            writer.submit_detached(
+                gone.into_iter()
+                    .map(|b| StoreOp::Delete {
+                        aor: b.aor,
+                        key: b.key,
+                    })
+                    .collect(),
+            );
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The registrar (RFC 3261 §10.3): authenticates a REGISTER, applies its contacts to
+//! the location table, persists the changes and answers with every current binding.
+
+pub mod bindings;
+
+use crate::config::{Config, DigestAlgorithm};
+use crate::location::{LocationTable, NodeId, UnixMs};
+use crate::sip::auth::{self, Algorithm, NonceCheck, NonceManager};
+use crate::sip::message::build::response_to;
+use crate::sip::message::values::{parse_scalar, NameAddr};
+use crate::sip::message::{Contacts, HeaderName, Request, Response};
+use crate::store::{StoreOp, StoreWriter, Ticket};
+use bindings::{Limits, RegisterError, RegisterRequest};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the core does with a REGISTER's answer.
+pub enum Outcome {
+    /// Send this final response now.
+    Respond(Response),
+    /// Send this response once the store committed the ticket's changes.
+    AfterCommit(Response, Ticket),
+}
+
+pub struct Registrar {
+    realm: String,
+    authenticate: bool,
+    algorithms: Vec<Algorithm>,
+    limits: Limits,
+    domains: Vec<String>,
+    users: HashMap<String, String>,
+    nonces: NonceManager,
+    location: Arc<LocationTable>,
+    store: StoreWriter,
+    node: NodeId,
+}
+
+impl Registrar {
+    pub fn new(
+        cfg: &Config,
+        store_users: Vec<(String, String)>,
+        location: Arc<LocationTable>,
+        store: StoreWriter,
+        now: Instant,
+    ) -> Registrar {
+        let r = &cfg.registrar;
+        let mut users: HashMap<String, String> = store_users.into_iter().collect();
+        // the config file wins over the store for a user present in both
+        users.extend(
+            cfg.users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.clone())),
+        );
+        Registrar {
+            realm: r.realm.clone(),
+            authenticate: r.authenticate,
+            algorithms: r
+                .algorithms
+                .iter()
+                .map(|a| match a {
+                    DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                    DigestAlgorithm::Md5 => Algorithm::Md5,
+                })
+                .collect(),
+            limits: Limits {
+                min_expires: r.min_expires_secs,
+                max_expires: r.max_expires_secs,
+                default_expires: r.default_expires_secs,
+                max_contacts: r.max_contacts_per_aor,
+            },
+            domains: cfg
+                .sip
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            users,
+            nonces: NonceManager::new(Duration::from_secs(r.nonce_ttl_secs), now),
+            location,
+            store,
+            node: NodeId(cfg.node.id.as_str().into()),
+        }
+    }
+
+    pub fn location(&self) -> &Arc<LocationTable> {
+        &self.location
+    }
+
+    /// Handles one REGISTER that passed validation and admission.
+    /// `source` names where it came from (`udp:1.2.3.4:5060`).
+    pub fn handle(&self, req: &Request, source: &str, now: Instant, now_ms: UnixMs) -> Outcome {
+        let fail = |status: u16| {
+            Outcome::Respond(response_to(
+                req,
+                status,
+                Some(&crate::sip::message::build::new_tag()),
+            ))
+        };
+        // §10.3 step 5: the AOR is the To URI; it must be SIP or SIPS (RFC 4475 `unksm2`).
+        let Some(to) = req.to() else { return fail(400) };
+        if !to.uri.is_sip() || to.uri.user.is_none() {
+            metrics::counter!("tandem_register_total", "outcome" => "invalid_aor").increment(1);
+            return reason(fail(400), "Invalid AOR");
+        }
+        if !self.domains.is_empty() && !self.domains.iter().any(|d| *d == to.uri.host) {
+            metrics::counter!("tandem_register_total", "outcome" => "foreign_domain").increment(1);
+            return reason(fail(404), "Domain Not Served");
+        }
+        let aor = to.uri.aor_key();
+        // §10.3 step 4 (after the AOR check so foreign junk is not challenged).
+        if self.authenticate {
+            let user = to.uri.user_unescaped().unwrap_or_default();
+            match self.authenticate(req, &user, now) {
+                AuthResult::Ok => {}
+                AuthResult::Challenge { stale } => {
+                    return Outcome::Respond(self.challenge(req, stale, now))
+                }
+                AuthResult::Malformed => {
+                    metrics::counter!("tandem_auth_failures_total", "reason" => "malformed")
+                        .increment(1);
+                    return reason(fail(400), "Malformed Authorization");
+                }
+            }
+        }
+        let contacts = {
+            let mut all: Vec<NameAddr> = Vec::new();
+            let mut wildcard = false;
+            for v in req.headers.get_all(&HeaderName::Contact) {
+                match Contacts::parse(v) {
+                    Some(Contacts::Wildcard) => wildcard = true,
+                    Some(Contacts::List(l)) => all.extend(l),
+                    None => return reason(fail(400), "Malformed Contact"),
+                }
+            }
+            match (wildcard, all.is_empty()) {
+                (true, true) => Some(Contacts::Wildcard),
+                (true, false) => return reason(fail(400), "Wildcard With Other Contacts"),
+                (false, true) => None,
+                (false, false) => Some(Contacts::List(all)),
+            }
+        };
+        let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+        let mut path = Vec::new();
+        for v in req.headers.get_all(&HeaderName::Path) {
+            match crate::sip::message::scan::split_commas(v) {
+                Some(parts) => path.extend(parts.into_iter().map(str::to_string)),
+                None => return reason(fail(400), "Malformed Path"),
+            }
+        }
+        let register = RegisterRequest {
+            aor: &aor,
+            contacts,
+            expires: req
+                .headers
+                .get(&HeaderName::Expires)
+                .and_then(|e| parse_scalar(e, u32::MAX as u64))
+                .map(|e| e as u32),
+            call_id: req.call_id().unwrap_or(""),
+            cseq,
+            path,
+            source,
+            user_agent: req.headers.get(&HeaderName::UserAgent),
+            owner: &self.node,
+        };
+        let result = self.location.update(&aor, |existing| {
+            let (new, changes) = bindings::apply(existing, &register, &self.limits, now_ms)?;
+            let ok = self.ok_response(req, &new, now_ms);
+            Ok::<_, RegisterError>((new, (ok, changes)))
+        });
+        match result {
+            Ok((ok, changes)) => {
+                metrics::gauge!("tandem_bindings_active").set(self.location.len() as f64);
+                let mut ops: Vec<StoreOp> = changes
+                    .removed
+                    .into_iter()
+                    .map(|b| StoreOp::Delete {
+                        aor: b.aor,
+                        key: b.key,
+                    })
+                    .collect();
+                ops.extend(changes.upserted.into_iter().map(StoreOp::Upsert));
+                if ops.is_empty() {
+                    metrics::counter!("tandem_register_total", "outcome" => "query").increment(1);
+                    Outcome::Respond(ok)
+                } else {
+                    metrics::counter!("tandem_register_total", "outcome" => "ok").increment(1);
+                    Outcome::AfterCommit(ok, self.store.submit(ops))
+                }
+            }
+            Err(e) => {
+                let (status, outcome, why) = match e {
+                    RegisterError::BadWildcard => (400, "bad_wildcard", "Invalid Wildcard"),
+                    RegisterError::IntervalTooBrief { .. } => {
+                        (423, "interval_too_brief", "Interval Too Brief")
+                    }
+                    RegisterError::OutOfOrder => (500, "out_of_order", "Out Of Order Request"),
+                    RegisterError::TooManyContacts => {
+                        (403, "too_many_contacts", "Too Many Contacts")
+                    }
+                };
+                metrics::counter!("tandem_register_total", "outcome" => outcome).increment(1);
+                let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
+                r.reason = why.to_string();
+                if let RegisterError::IntervalTooBrief { min } = e {
+                    r.headers.push(HeaderName::MinExpires, min.to_string());
+                }
+                Outcome::Respond(r)
+            }
+        }
+    }
+
+    /// §10.3 step 8: 200 OK listing every current binding with its remaining time.
+    fn ok_response(
+        &self,
+        req: &Request,
+        bindings: &[crate::location::Binding],
+        now_ms: UnixMs,
+    ) -> Response {
+        let mut r = response_to(req, 200, Some(&crate::sip::message::build::new_tag()));
+        for b in bindings {
+            let mut v = format!("<{}>;expires={}", b.contact, b.remaining_secs(now_ms));
+            if let Some(q) = b.q {
+                v.push_str(&format!(";q={}.{:03}", q / 1000, q % 1000));
+            }
+            if let Some(i) = &b.instance {
+                v.push_str(";+sip.instance=");
+                v.push_str(i);
+            }
+            if let Some(r) = b.reg_id {
+                v.push_str(&format!(";reg-id={r}"));
+            }
+            r.headers.push(HeaderName::Contact, v);
+        }
+        // RFC 3327 §5.3: the registrar returns the Path it stored.
+        for p in req.headers.get_all(&HeaderName::Path) {
+            r.headers.push(HeaderName::Path, p);
+        }
+        r.headers.push(HeaderName::Date, httpdate(now_ms));
+        r
+    }
+
+    fn authenticate(&self, req: &Request, user: &str, now: Instant) -> AuthResult {
+        let mut saw_ours = None;
+        for v in req.headers.get_all(&HeaderName::Authorization) {
+            match auth::parse_authorization(v) {
+                Ok(d) if d.realm == self.realm => {
+                    saw_ours = Some(d);
+                    break;
+                }
+                Ok(_) => {}
+                // RFC 4475 `regaut01`: an unknown scheme is answered with our challenge
+                Err(auth::AuthError::UnsupportedScheme) => {}
+                Err(_) => return AuthResult::Malformed,
+            }
+        }
+        let Some(d) = saw_ours else {
+            return AuthResult::Challenge { stale: false };
+        };
+        if !self.algorithms.contains(&d.algorithm) {
+            return AuthResult::Challenge { stale: false };
+        }
+        match self.nonces.check_fresh(&d.nonce, now) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale => {
+                metrics::counter!("tandem_auth_failures_total", "reason" => "stale_nonce")
+                    .increment(1);
+                return AuthResult::Challenge { stale: true };
+            }
+            _ => {
+                metrics::counter!("tandem_auth_failures_total", "reason" => "invalid_nonce")
+                    .increment(1);
+                return AuthResult::Challenge { stale: false };
+            }
+        }
+        // A wrong user, realm or password all get the same fresh challenge, and an
+        // unknown user is verified against a dummy password so timing tells nothing.
+        let password = self.users.get(&d.username).map(String::as_str);
+        let ok = auth::verify(
+            &d,
+            req.method.as_str(),
+            password.unwrap_or("\u{0}no-such-user"),
+        ) && password.is_some()
+            && d.username == user;
+        if !ok {
+            metrics::counter!("tandem_auth_failures_total", "reason" => "credentials").increment(1);
+            return AuthResult::Challenge { stale: false };
+        }
+        if !self.nonces.accept_nc(&d.nonce, d.nc, now) {
+            metrics::counter!("tandem_auth_failures_total", "reason" => "replay").increment(1);
+            return AuthResult::Challenge { stale: false };
+        }
+        AuthResult::Ok
+    }
+
+    fn challenge(&self, req: &Request, stale: bool, now: Instant) -> Response {
+        metrics::counter!("tandem_register_total", "outcome" => "challenged").increment(1);
+        let mut r = response_to(req, 401, Some(&crate::sip::message::build::new_tag()));
+        let nonce = self.nonces.issue(now);
+        for alg in &self.algorithms {
+            r.headers.push(
+                HeaderName::WwwAuthenticate,
+                auth::challenge(&self.realm, &nonce, *alg, stale),
+            );
+        }
+        r
+    }
+}
+
+enum AuthResult {
+    Ok,
+    Challenge { stale: bool },
+    Malformed,
+}
+
+fn reason(o: Outcome, why: &str) -> Outcome {
+    match o {
+        Outcome::Respond(mut r) => {
+            r.reason = why.to_string();
+            Outcome::Respond(r)
+        }
+        other => other,
+    }
+}
+
+/// RFC 3261 §20.17 Date (RFC 1123 format, GMT).
+pub fn httpdate(ms: UnixMs) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn httpdate_formats_rfc1123() {
+        assert_eq!(super::httpdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            super::httpdate(1_795_000_000_000),
+            "Wed, 18 Nov 2026 11:06:40 GMT"
+        );
+    }
+}

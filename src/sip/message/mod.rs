@@ -1,0 +1,185 @@
+//! SIP messages: Tandem's own types, parser and serialiser (RFC 3261 §7, §25).
+//!
+//! The parser is ours (see `docs/decisions.md`, "SIP message parser"): it keeps
+//! header values as text and parses the few the core needs on demand (`values`),
+//! so unknown headers and methods pass through untouched. Validation of what a
+//! request must carry (§8.2) lives in `validate`.
+
+pub mod build;
+pub mod header;
+pub mod parse;
+pub mod scan;
+pub mod uri;
+pub mod validate;
+pub mod values;
+
+pub use header::{Header, HeaderName, Headers};
+pub use parse::{parse, ParseError};
+pub use uri::{Scheme, Uri};
+pub use values::{CSeq, Contacts, NameAddr, Via};
+
+use bytes::Bytes;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Info,
+    Update,
+    Prack,
+    Subscribe,
+    Notify,
+    Refer,
+    Message,
+    Publish,
+    Extension(Box<str>),
+}
+
+impl Method {
+    /// Methods are case-sensitive (RFC 3261 §7.1): `register` is an extension method.
+    pub fn from_wire(s: &str) -> Method {
+        match s {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "INFO" => Method::Info,
+            "UPDATE" => Method::Update,
+            "PRACK" => Method::Prack,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "REFER" => Method::Refer,
+            "MESSAGE" => Method::Message,
+            "PUBLISH" => Method::Publish,
+            other => Method::Extension(other.into()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Publish => "PUBLISH",
+            Method::Extension(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+impl Request {
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    /// The topmost Via value (the first value of the first Via header).
+    pub fn top_via(&self) -> Option<Via> {
+        let first = self.headers.get(&HeaderName::Via)?;
+        Via::parse_all(first)?.into_iter().next()
+    }
+
+    pub fn cseq(&self) -> Option<CSeq> {
+        CSeq::parse(self.headers.get(&HeaderName::CSeq)?)
+    }
+
+    pub fn from(&self) -> Option<NameAddr> {
+        NameAddr::parse(self.headers.get(&HeaderName::From)?)
+    }
+
+    pub fn to(&self) -> Option<NameAddr> {
+        NameAddr::parse(self.headers.get(&HeaderName::To)?)
+    }
+
+    pub fn call_id(&self) -> Option<&str> {
+        self.headers.get(&HeaderName::CallId)
+    }
+}
+
+impl Response {
+    pub fn header(&self, name: &HeaderName) -> Option<&str> {
+        self.headers.get(name)
+    }
+}
+
+/// Standard reason phrases (RFC 3261 §21 and extensions Tandem sends).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}

@@ -1,0 +1,7 @@
+//! The wire and the protocol machinery: messages, transports, transactions and
+//! digest authentication. Knows nothing of registrars or business logic.
+
+pub mod auth;
+pub mod message;
+pub mod transaction;
+pub mod transport;

@@ -1,0 +1,136 @@
+//! Persistence behind one trait. The location table in memory is the source of
+//! truth for lookups; a store makes it durable (and later replicated). Knows
+//! nothing of SIP: it stores `Binding` rows.
+//!
+//! Writes go through [`StoreWriter`], which groups concurrent changes into one
+//! transaction (group commit) and acknowledges each change once its transaction
+//! committed, so the registrar sends 200 OK only for durable bindings.
+
+pub mod memory;
+pub mod sqlite;
+
+use crate::location::{Binding, UnixMs};
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store writer has stopped")]
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    Upsert(Binding),
+    Delete { aor: String, key: String },
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait BindingStore: Send + 'static {
+    /// Every binding not expired at `now` (expired rows are deleted on the way).
+    fn load_bindings(&mut self, now: UnixMs) -> BoxFuture<'_, Result<Vec<Binding>, StoreError>>;
+    /// Applies the operations in order, in one transaction.
+    fn apply<'a>(&'a mut self, ops: &'a [StoreOp]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Accounts administered in the store (username, password).
+    fn load_users(&mut self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>>;
+}
+
+struct Job {
+    ops: Vec<StoreOp>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// A cloneable handle to the group-commit writer task.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+/// Resolves when the submitted changes are committed.
+pub struct Ticket(oneshot::Receiver<Result<(), String>>);
+
+impl Ticket {
+    pub async fn wait(self) -> Result<(), String> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err("store writer stopped".into()))
+    }
+}
+
+impl StoreWriter {
+    /// Starts the writer task. `batch_max` bounds the operations per transaction.
+    pub fn spawn(
+        mut store: Box<dyn BindingStore>,
+        batch_max: usize,
+    ) -> (StoreWriter, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let handle = tokio::spawn(async move {
+            let mut jobs: Vec<Job> = Vec::new();
+            let mut ops: Vec<StoreOp> = Vec::new();
+            while let Some(first) = rx.recv().await {
+                // Group commit: take everything already queued, up to the bound. While
+                // one transaction commits, the next batch accumulates in the channel.
+                let mut n = first.ops.len();
+                jobs.push(first);
+                while n < batch_max {
+                    match rx.try_recv() {
+                        Ok(j) => {
+                            n += j.ops.len();
+                            jobs.push(j);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                ops.clear();
+                for j in &mut jobs {
+                    ops.append(&mut j.ops);
+                }
+                let result = store.apply(&ops).await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, ops = ops.len(), "store commit failed");
+                }
+                metrics::counter!("tandem_store_commits_total").increment(1);
+                metrics::histogram!("tandem_store_batch_size").record(ops.len() as f64);
+                for j in jobs.drain(..) {
+                    if let Some(done) = j.done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+            }
+        });
+        (StoreWriter { tx }, handle)
+    }
+
+    /// Queues changes and returns a ticket resolved on commit.
+    pub fn submit(&self, ops: Vec<StoreOp>) -> Ticket {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Job {
+            ops,
+            done: Some(done),
+        });
+        Ticket(rx)
+    }
+
+    /// Queues changes nobody waits for (expiry purges).
+    pub fn submit_detached(&self, ops: Vec<StoreOp>) {
+        if !ops.is_empty() {
+            let _ = self.tx.send(Job { ops, done: None });
+        }
+    }
+}
+
+/// Opens the configured store.
+pub async fn open(cfg: &crate::config::Config) -> Result<Box<dyn BindingStore>, StoreError> {
+    Ok(match cfg.store.backend {
+        crate::config::StoreBackend::Sqlite => {
+            Box::new(sqlite::SqliteStore::open(&cfg.store_path()).await?)
+        }
+        crate::config::StoreBackend::Memory => Box::new(memory::MemoryStore::default()),
+    })
+}

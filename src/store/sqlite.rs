@@ -1,0 +1,167 @@
+//! The embedded store: SQLite through sqlx, WAL mode. `synchronous = NORMAL` in WAL
+//! mode makes a committed transaction survive a crash of the process (not of the
+//! machine's power), which is the durability a single node promises; see
+//! docs/decisions.md.
+
+use super::{BindingStore, BoxFuture, StoreError, StoreOp};
+use crate::location::{Binding, NodeId, UnixMs};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use std::path::Path;
+
+pub struct SqliteStore {
+    conn: SqliteConnection,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .disable_statement_logging()
+            .connect()
+            .await?;
+        MIGRATOR.run(&mut conn).await?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+const UPSERT: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node)
+ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+ ON CONFLICT (aor, binding_key) DO UPDATE SET contact = excluded.contact, instance = excluded.instance,
+ reg_id = excluded.reg_id, q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq,
+ expires_at = excluded.expires_at, path = excluded.path, source = excluded.source,
+ user_agent = excluded.user_agent, owner_node = excluded.owner_node";
+
+impl BindingStore for SqliteStore {
+    fn load_bindings(&mut self, now: UnixMs) -> BoxFuture<'_, Result<Vec<Binding>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM bindings WHERE expires_at <= ?1")
+                .bind(now as i64)
+                .execute(&mut self.conn)
+                .await?;
+            let rows = sqlx::query("SELECT aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node FROM bindings")
+                .fetch_all(&mut self.conn)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let path: String = r.try_get("path")?;
+                let owner: String = r.try_get("owner_node")?;
+                out.push(Binding {
+                    aor: r.try_get("aor")?,
+                    key: r.try_get("binding_key")?,
+                    contact: r.try_get("contact")?,
+                    instance: r.try_get("instance")?,
+                    reg_id: r.try_get::<Option<i64>, _>("reg_id")?.map(|v| v as u32),
+                    q: r.try_get::<Option<i64>, _>("q")?.map(|v| v as u16),
+                    call_id: r.try_get("call_id")?,
+                    cseq: r.try_get::<i64, _>("cseq")? as u32,
+                    expires_at: r.try_get::<i64, _>("expires_at")? as u64,
+                    path: path.lines().map(str::to_string).collect(),
+                    source: r.try_get("source")?,
+                    user_agent: r.try_get("user_agent")?,
+                    owner: NodeId(owner.into()),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn apply<'a>(&'a mut self, ops: &'a [StoreOp]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.conn.begin().await?;
+            for op in ops {
+                match op {
+                    StoreOp::Upsert(b) => {
+                        sqlx::query(UPSERT)
+                            .bind(&b.aor)
+                            .bind(&b.key)
+                            .bind(&b.contact)
+                            .bind(&b.instance)
+                            .bind(b.reg_id.map(|v| v as i64))
+                            .bind(b.q.map(|v| v as i64))
+                            .bind(&b.call_id)
+                            .bind(b.cseq as i64)
+                            .bind(b.expires_at as i64)
+                            .bind(b.path.join("\n"))
+                            .bind(&b.source)
+                            .bind(&b.user_agent)
+                            .bind(&*b.owner.0)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    StoreOp::Delete { aor, key } => {
+                        sqlx::query("DELETE FROM bindings WHERE aor = ?1 AND binding_key = ?2")
+                            .bind(aor)
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn load_users(&mut self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT username, password FROM users")
+                .fetch_all(&mut self.conn)
+                .await?;
+            rows.into_iter()
+                .map(|r| Ok((r.try_get("username")?, r.try_get("password")?)))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(aor: &str, key: &str, exp: u64) -> Binding {
+        Binding {
+            aor: aor.into(),
+            key: key.into(),
+            contact: "sip:a@h;unknownparam".into(),
+            instance: Some("\"<urn:uuid:1>\"".into()),
+            reg_id: Some(1),
+            q: Some(500),
+            call_id: "c".into(),
+            cseq: 7,
+            expires_at: exp,
+            path: vec!["<sip:p1;lr>".into(), "<sip:p2;lr>".into()],
+            source: "udp:127.0.0.1:5070".into(),
+            user_agent: Some("UA".into()),
+            owner: NodeId("n1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_expiry_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let mut s = SqliteStore::open(&path).await.unwrap();
+            s.apply(&[
+                StoreOp::Upsert(binding("sip:a@h", "k1", 10_000)),
+                StoreOp::Upsert(binding("sip:a@h", "k2", 100)),
+                StoreOp::Upsert(binding("sip:b@h", "k1", 10_000)),
+                StoreOp::Delete {
+                    aor: "sip:b@h".into(),
+                    key: "k1".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).await.unwrap();
+        let got = s.load_bindings(5_000).await.unwrap();
+        assert_eq!(got, vec![binding("sip:a@h", "k1", 10_000)]);
+    }
+}
