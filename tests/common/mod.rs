@@ -1,0 +1,200 @@
+//! Shared harness for integration tests: starts a real node in-process on loopback
+//! (ephemeral ports, a temporary SQLite store) and talks SIP to it over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tandem::config::Config;
+use tandem::node::run::{start, RunningNode};
+use tokio::net::UdpSocket;
+
+/// A test node and the directory holding its store.
+pub struct TestNode {
+    pub node: Option<RunningNode>,
+    pub dir: tempfile::TempDir,
+    pub cfg: Config,
+}
+
+/// The default test configuration: everything on 127.0.0.1 with ephemeral ports, a
+/// SQLite store in `dir`, demo users alice/alice-secret and bob/bob-secret.
+/// `extra` is TOML merged by appending (use it to set sections the base omits).
+pub fn config(dir: &std::path::Path, registrar: &str, sip_extra: &str) -> Config {
+    let text = format!(
+        r#"
+[sip]
+udp = ["127.0.0.1:0"]
+tcp = ["127.0.0.1:0"]
+{sip_extra}
+
+[registrar]
+{registrar}
+
+[store]
+backend = "sqlite"
+path = "{}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+level = "warn"
+
+[[users]]
+username = "alice"
+password = "alice-secret"
+
+[[users]]
+username = "bob"
+password = "bob-secret"
+"#,
+        dir.join("tandem.db").display()
+    );
+    Config::from_toml(&text, "test.toml").expect("test config is valid")
+}
+
+impl TestNode {
+    /// Starts a node; `registrar` and `sip_extra` are TOML lines for those sections.
+    pub async fn start(registrar: &str, sip_extra: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), registrar, sip_extra);
+        let node = start(cfg.clone()).await.expect("node starts");
+        TestNode {
+            node: Some(node),
+            dir,
+            cfg,
+        }
+    }
+
+    /// A node without authentication.
+    pub async fn open() -> TestNode {
+        Self::start("authenticate = false", "").await
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().udp[0]
+    }
+
+    pub fn tcp(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().tcp[0]
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().admin.unwrap()
+    }
+
+    /// Stops the node (store flushed) and starts it again on the same store.
+    pub async fn restart(&mut self) {
+        self.node.take().unwrap().shutdown().await;
+        self.node = Some(start(self.cfg.clone()).await.expect("node restarts"));
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("tandem.db")
+    }
+}
+
+/// A UDP SIP client on its own ephemeral port.
+pub struct UdpClient {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl UdpClient {
+    pub async fn new(server: SocketAddr) -> UdpClient {
+        UdpClient {
+            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+
+    pub async fn send(&self, msg: &[u8]) {
+        self.sock.send_to(msg, self.server).await.unwrap();
+    }
+
+    /// The next datagram within `wait`, as text; `None` on timeout.
+    pub async fn recv(&self, wait: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 65536];
+        match tokio::time::timeout(wait, self.sock.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// Sends and waits for the first final (non-1xx) response.
+    pub async fn request(&self, msg: &str) -> String {
+        self.send(msg.as_bytes()).await;
+        loop {
+            let r = self
+                .recv(Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("no response to:\n{msg}"));
+            if status(&r) >= 200 {
+                return r;
+            }
+        }
+    }
+}
+
+/// The status code of a response, 0 if it is not one.
+pub fn status(resp: &str) -> u16 {
+    resp.strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every value of a header (case-insensitive name; compact forms not handled).
+pub fn headers<'a>(resp: &'a str, name: &str) -> Vec<&'a str> {
+    let head = resp.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// A REGISTER from `user` with the given extra header lines (each ending in CRLF).
+pub fn register(port: u16, user: &str, call_id: &str, cseq: u32, extra: &str) -> String {
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@127.0.0.1>;tag=f{cseq}\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        rand_branch()
+    )
+}
+
+pub fn rand_branch() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// GET on the admin listener; returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
