@@ -260,9 +260,21 @@ impl Registrar {
         if !self.algorithms.contains(&d.algorithm) {
             return AuthResult::Challenge { stale: false };
         }
+        // A wrong user, realm or password all get the same fresh challenge, and an
+        // unknown user is verified against a dummy password so timing tells nothing.
+        let password = self.users.get(&d.username).map(String::as_str);
+        let ok = auth::verify(
+            &d,
+            req.method.as_str(),
+            password.unwrap_or("\u{0}no-such-user"),
+        ) && password.is_some()
+            && d.username == user;
         match self.nonces.check_fresh(&d.nonce, now) {
             NonceCheck::Valid => {}
-            NonceCheck::Stale => {
+            // RFC 7616 §3.3 / RFC 2617 §3.2.1: a correct digest over an expired nonce
+            // (or one issued before a restart) gets stale=true, so the phone retries
+            // silently instead of asking its user for a password.
+            NonceCheck::Stale | NonceCheck::Invalid if ok => {
                 metrics::counter!("tandem_auth_failures_total", "reason" => "stale_nonce")
                     .increment(1);
                 return AuthResult::Challenge { stale: true };
@@ -273,15 +285,6 @@ impl Registrar {
                 return AuthResult::Challenge { stale: false };
             }
         }
-        // A wrong user, realm or password all get the same fresh challenge, and an
-        // unknown user is verified against a dummy password so timing tells nothing.
-        let password = self.users.get(&d.username).map(String::as_str);
-        let ok = auth::verify(
-            &d,
-            req.method.as_str(),
-            password.unwrap_or("\u{0}no-such-user"),
-        ) && password.is_some()
-            && d.username == user;
         if !ok {
             metrics::counter!("tandem_auth_failures_total", "reason" => "credentials").increment(1);
             return AuthResult::Challenge { stale: false };
