@@ -198,3 +198,71 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
 }
+
+/// A request from a UDP client on `port` (Via with `rport`), with extra header lines
+/// (each ending in CRLF) and no body. `ruri` is the whole Request-URI.
+pub fn sip_request(method: &str, ruri: &str, port: u16, call_id: &str, extra: &str) -> String {
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:tester@127.0.0.1>;tag=t{port}\r\n\
+         To: <sip:tandem@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        rand_branch()
+    )
+}
+
+/// Counts panics raised from Tandem's code (anything not under `tests/`) after
+/// `install_panic_probe` ran. A panic in a spawned task does not fail a test by
+/// itself (tokio catches it and the node may keep answering on another task), so
+/// robustness tests install the probe and assert `tandem_panics() == 0`.
+pub fn install_panic_probe() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tests = info
+                .location()
+                .map(|l| l.file().starts_with("tests/") || l.file().contains("/tests/"))
+                .unwrap_or(false);
+            if !in_tests {
+                PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            prev(info);
+        }));
+    });
+}
+
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn tandem_panics() -> usize {
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Sends an OPTIONS to Tandem itself from a fresh UDP client and says whether a
+/// 200 came back within `wait` (the node is still serving).
+pub async fn answers_options(server: SocketAddr, wait: Duration) -> bool {
+    let c = UdpClient::new(server).await;
+    let msg = sip_request(
+        "OPTIONS",
+        &format!("sip:{}", server),
+        c.port(),
+        &format!("alive-{}", rand_branch()),
+        "",
+    );
+    c.send(msg.as_bytes()).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
+        match c.recv(left).await {
+            Some(r) if status(&r) == 200 => return true,
+            Some(_) => continue,
+            None => return false,
+        }
+    }
+    false
+}
