@@ -4,6 +4,7 @@ use super::header::{Header, HeaderName, Headers};
 use super::uri::Uri;
 use super::{Message, Method, Request, Response};
 use bytes::Bytes;
+use std::borrow::Cow;
 
 /// Why a message could not be parsed, and the status a UAS answers a request with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,8 +102,9 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
 
 /// Splits the header section into lines and joins folded continuation lines
 /// (RFC 3261 §7.3.1: a line starting with SP/HT continues the previous one).
-pub fn unfold_lines(head: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(16);
+/// Lines borrow from `head` unless folding had to join them.
+pub fn unfold_lines(head: &str) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::with_capacity(16);
     for line in head.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
@@ -111,12 +113,13 @@ pub fn unfold_lines(head: &str) -> Vec<String> {
         // The start line cannot be folded into; a header line can.
         if line.starts_with([' ', '\t']) && out.len() > 1 {
             if let Some(prev) = out.last_mut() {
-                prev.push(' ');
-                prev.push_str(line.trim_start_matches([' ', '\t']));
+                let joined = prev.to_mut();
+                joined.push(' ');
+                joined.push_str(line.trim_start_matches([' ', '\t']));
                 continue;
             }
         }
-        out.push(line.to_string());
+        out.push(Cow::Borrowed(line));
     }
     out
 }
