@@ -1,0 +1,450 @@
+#!/bin/bash
+# sip-tests/run.sh [TANDEM_BINARY]
+#
+# Tests a built Tandem the way users meet it: real SIP clients (SIPp, sipsak,
+# linphonec) against a running `tandem` on 127.0.0.1. Builds nothing; the binary
+# defaults to target/release/tandem of this repository.
+#
+# Each phase starts Tandem on a temporary copy of config/tandem.toml (free ports,
+# store in a temporary directory) and stops it afterwards:
+#   demo  - the default config (demo users, SHA-256 + MD5 challenges):
+#           sipsak OPTIONS (UDP, TCP), linphonec registering alice (UDP) and bob
+#           (TCP) under tmux, /health bindings, unregistration, /metrics
+#   auth  - sip-tests/gen_users.sh config (users u0.., MD5 challenge):
+#           SIPp REGISTER with digest (UDP, TCP), sipsak registration with a
+#           password, a wrong password rejected
+#   load  - authenticate = false: SIPp register.xml at LOAD_RATE/s for LOAD_SECS s
+#
+# Prints one PASS/FAIL/SKIP line per check, then "N passed, N failed"; exits 1
+# if any check failed. Environment: LOAD_RATE (1000), LOAD_SECS (5),
+# SIPTESTS_PORT (first of three consecutive ports to use; default random, with
+# retries if taken), SIPTESTS_KEEP=1 keeps the work directory (logs).
+# As root, missing tools (sip-tester sipsak linphone-cli tmux) are installed
+# with apt-get.
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+bin_arg=${1:-$repo/target/release/tandem}
+LOAD_RATE=${LOAD_RATE:-1000}
+LOAD_SECS=${LOAD_SECS:-5}
+TIME_LIMIT=${SIPTESTS_TIME_LIMIT:-170}  # whole run, seconds
+
+passed=0 failed=0 skipped=0
+pass() { passed=$((passed + 1)); echo "PASS: $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL: $1${2:+ -- $2}"; }
+skip() { skipped=$((skipped + 1)); echo "SKIP: $1${2:+ -- $2}"; }
+note() { echo "      $*"; }
+# Indented tail of a file, for the reason of a failure.
+show() { [ -s "$1" ] && tail -n "${2:-15}" "$1" | indent; return 0; }
+indent() { awk '{ print "      | " $0 }'; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tandem-sip-tests.XXXXXX")
+tandem_pid=""
+tmux_sock=$work/tmux.sock
+watchdog=""
+
+summary() {
+  [ "$skipped" -gt 0 ] && echo "($skipped skipped)"
+  echo "$passed passed, $failed failed"
+}
+
+cleanup() {
+  cleaned=1
+  stop_tandem quiet
+  if [ -S "$tmux_sock" ]; then tmux -S "$tmux_sock" kill-server >/dev/null 2>&1; fi
+  if [ -n "$watchdog" ]; then kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; fi
+  if [ "${SIPTESTS_KEEP:-0}" = 1 ] || [ "$failed" -gt 0 ]; then
+    echo "(work directory kept: $work)"
+  else
+    rm -rf "$work"
+  fi
+}
+cleaned=0
+on_exit() { [ $cleaned = 1 ] || cleanup; }
+on_signal() {
+  trap - EXIT INT TERM
+  fail "run.sh" "interrupted or over the ${TIME_LIMIT}s time limit"
+  [ $cleaned = 1 ] || cleanup
+  summary
+  exit 1
+}
+trap on_exit EXIT
+trap on_signal INT TERM
+
+# Whole-run limit: each command below has its own timeout too.
+( sleep "$TIME_LIMIT"; kill -TERM $$ 2>/dev/null ) >/dev/null 2>&1 &
+watchdog=$!
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v sipp >/dev/null || need_pkgs+=(sip-tester)
+command -v sipsak >/dev/null || need_pkgs+=(sipsak)
+command -v linphonec >/dev/null || need_pkgs+=(linphone-cli)
+command -v tmux >/dev/null || need_pkgs+=(tmux)
+if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${need_pkgs[*]} (apt-get)"
+  { timeout 300 apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need_pkgs[@]}"; } \
+    >"$work/apt.log" 2>&1 || { echo "apt-get failed:"; show "$work/apt.log"; }
+fi
+have() { command -v "$1" >/dev/null; }
+missing_reason() { echo "$1 is not installed (apt-get install -y $2, or run as root to install it)"; }
+
+# ---------------------------------------------------------------- helpers
+# http_get PORT PATH: body of http://127.0.0.1:PORT/PATH (bash /dev/tcp, no curl needed).
+http_get() {
+  timeout 5 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+    printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" "$1" >&3
+    cat <&3' "$1" "$2" 2>/dev/null | tr -d '\r' | sed '1,/^$/d'
+}
+# bindings: the "bindings" count of /health, or "?" if it cannot be read.
+bindings() {
+  local b
+  b=$(http_get "$admin_port" /health | grep -o '"bindings":[0-9]*' | cut -d: -f2)
+  echo "${b:-?}"
+}
+# wait_bindings N [SECONDS]: waits until /health reports N bindings.
+wait_bindings() {
+  local want=$1 tries=$((${2:-5} * 10)) b
+  while :; do
+    b=$(bindings)
+    [ "$b" = "$want" ] && return 0
+    tries=$((tries - 1))
+    [ $tries -le 0 ] && { got_bindings=$b; return 1; }
+    sleep 0.1
+  done
+}
+
+# mkconf BASE OUT: BASE with the listeners moved to our ports and the store in OUT's directory.
+mkconf() {
+  sed -e "s|^udp = .*|udp = [\"127.0.0.1:$sip_port\"]|" \
+      -e "s|^tcp = .*|tcp = [\"127.0.0.1:$sip_port\"]|" \
+      -e "s|^listen = .*|listen = \"127.0.0.1:$admin_port\"|" \
+      -e "s|^enabled = .*|enabled = true|" \
+      -e "s|^path = .*|path = \"$(dirname "$2")/tandem.db\"|" "$1" >"$2"
+}
+
+pick_ports() {
+  local base=${SIPTESTS_PORT:-$((20000 + (RANDOM % 2000) * 10))}
+  sip_port=$base admin_port=$((base + 1))
+}
+
+# start_tandem NAME BASECONFIG [SED-EXPR]: config from BASECONFIG (+ sed edit), then
+# starts Tandem and waits for /health. Retries on other ports if ours are taken.
+start_tandem() {
+  local name=$1 base=$2 edit=${3:-} dir attempt
+  for attempt in 1 2 3 4 5; do
+    dir=$work/$name
+    rm -rf "$dir"; mkdir -p "$dir"
+    tandem_conf=$dir/tandem.toml
+    tandem_log=$dir/tandem.log
+    mkconf "$base" "$tandem_conf"
+    [ -n "$edit" ] && sed -i -e "$edit" "$tandem_conf"
+    "$tandem" --config "$tandem_conf" >"$tandem_log" 2>&1 &
+    tandem_pid=$!
+    local i
+    for i in $(seq 1 100); do
+      if ! kill -0 "$tandem_pid" 2>/dev/null; then break; fi
+      if http_get "$admin_port" /health | grep -q '"status":"ok"'; then
+        return 0
+      fi
+      sleep 0.1
+    done
+    stop_tandem quiet
+    if [ -z "${SIPTESTS_PORT:-}" ] && grep -qi 'in use' "$tandem_log"; then
+      pick_ports
+      continue
+    fi
+    return 1
+  done
+  return 1
+}
+
+# stop_tandem [quiet]: SIGTERM, then SIGKILL after 10 s. Sets stop_rc.
+stop_tandem() {
+  stop_rc=""
+  [ -n "$tandem_pid" ] || return 0
+  kill -TERM "$tandem_pid" 2>/dev/null
+  local i
+  for i in $(seq 1 100); do
+    kill -0 "$tandem_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$tandem_pid" 2>/dev/null; then
+    kill -KILL "$tandem_pid" 2>/dev/null
+    [ "${1:-}" = quiet ] || note "tandem did not stop within 10 s of SIGTERM; killed"
+  fi
+  wait "$tandem_pid" 2>/dev/null
+  stop_rc=$?
+  tandem_pid=""
+}
+
+# check_stop NAME: stops Tandem and checks it exits 0 on SIGTERM.
+check_stop() {
+  stop_tandem
+  if [ "$stop_rc" = 0 ]; then pass "$1: Tandem exits cleanly on SIGTERM"
+  else fail "$1: Tandem exits cleanly on SIGTERM" "exit status $stop_rc"; show "$tandem_log"; fi
+}
+
+# sipp_stat_last FILE COLUMN: the last value of a -trace_stat column, by name.
+sipp_stat_last() {
+  local hdr last
+  hdr=$(head -n 1 "$1" 2>/dev/null) last=$(tail -n 1 "$1" 2>/dev/null)
+  printf '%s\n%s\n' "$hdr" "$last" | awk -F';' -v col="$2" \
+    'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i } NR == 2 && c { print $c }'
+}
+
+# run_sipp NAME EXPECTED_OK SECONDS SIPP-ARGS...: runs SIPp against Tandem; passes when
+# SIPp exits 0 with EXPECTED_OK successful calls and no failed call.
+run_sipp() {
+  local name=$1 want=$2 secs=$3; shift 3
+  local out=$work/sipp-${name//[^a-zA-Z0-9]/_}
+  mkdir -p "$out"
+  (cd "$out" && timeout -k 5 $((secs + 15)) sipp "127.0.0.1:$sip_port" "$@" -i 127.0.0.1 \
+      -nostdin -trace_err -trace_stat -fd 1 -stf stat.csv -timeout "${secs}s" -timeout_error \
+      >sipp.out 2>&1)
+  local rc=$?
+  local ok failed retrans elapsed
+  ok=$(sipp_stat_last "$out/stat.csv" "SuccessfulCall(C)")
+  failed=$(sipp_stat_last "$out/stat.csv" "FailedCall(C)")
+  retrans=$(sipp_stat_last "$out/stat.csv" "Retransmissions(C)")
+  elapsed=$(sipp_stat_last "$out/stat.csv" "ElapsedTime(C)")
+  if [ "$rc" = 0 ] && [ "${ok:-x}" = "$want" ] && [ "${failed:-x}" = 0 ]; then
+    pass "$name ($ok ok, 0 failed, ${retrans:-?} retransmissions, ${elapsed%%.*})"
+  else
+    fail "$name" "sipp exit $rc, successful ${ok:-?}/$want, failed ${failed:-?}"
+    show "$out/sipp.out" 6
+    ls "$out"/*errors.log >/dev/null 2>&1 && show "$(ls "$out"/*errors.log | head -n 1)" 20
+  fi
+}
+
+# ---------------------------------------------------------------- binary
+start_time=$SECONDS
+if [ ! -x "$bin_arg" ]; then
+  fail "tandem binary" "$bin_arg not found or not executable (build it: cargo build --release)"
+  cleanup; summary; exit 1
+fi
+# A private copy: a concurrent `cargo build` cannot swap the binary between phases.
+tandem=$work/tandem
+cp "$bin_arg" "$tandem"
+echo "sip-tests: $("$tandem" --version 2>/dev/null || echo tandem) from $bin_arg; work directory $work"
+pick_ports
+
+if "$tandem" check-config "$repo/config/tandem.toml" >"$work/check.out" 2>&1; then
+  pass "tandem check-config config/tandem.toml"
+else
+  fail "tandem check-config config/tandem.toml" "$(cat "$work/check.out")"
+fi
+
+# ================================================================ phase demo
+echo "== demo: default config (demo users, SHA-256 + MD5), Tandem on 127.0.0.1:$sip_port"
+if ! start_tandem demo "$repo/config/tandem.toml"; then
+  fail "demo: Tandem starts on the default config" "no /health on 127.0.0.1:$admin_port"
+  show "$tandem_log"
+else
+  pass "demo: Tandem starts on the default config (UDP+TCP 127.0.0.1:$sip_port, admin :$admin_port)"
+  demo_conf=$tandem_conf
+
+  # ---- sipsak OPTIONS
+  if ! have sipsak; then
+    fail "sipsak OPTIONS" "$(missing_reason sipsak sipsak)"
+  else
+    for tr in udp tcp; do
+      out=$work/sipsak-options-$tr.out
+      timeout 15 sipsak -vv --transport=$tr -s "sip:127.0.0.1:$sip_port" >"$out" 2>&1
+      rc=$?
+      if [ "$rc" = 0 ] && grep -q '^SIP/2.0 200' "$out"; then
+        pass "sipsak OPTIONS ping over ${tr^^} gets 200 OK"
+      else
+        fail "sipsak OPTIONS ping over ${tr^^} gets 200 OK" "sipsak exit $rc"; show "$out"
+      fi
+    done
+  fi
+
+  # ---- linphonec under tmux
+  lp_checks=("linphonec registers alice over UDP" "linphonec registers bob over TCP"
+             "linphonec unregisters on quit")
+  lp_skip=""
+  if ! have linphonec; then lp_skip=$(missing_reason linphonec linphone-cli); fi
+  if [ -z "$lp_skip" ] && ! have tmux; then lp_skip=$(missing_reason tmux tmux); fi
+  if [ -n "$lp_skip" ]; then
+    for c in "${lp_checks[@]}"; do fail "$c" "$lp_skip"; done
+  else
+    lphome=$work/linphone-home
+    # liblinphone keeps its database in $HOME/.local/share/linphone: without that
+    # directory the core never starts (no socket, no REGISTER).
+    mkdir -p "$lphome/.local/share/linphone" "$lphome/.config"
+    lprc=$lphome/linphonerc
+    lplog=$work/linphonec.log
+    # Random SIP ports (-1), no TLS; no sound card needed for registration (the
+    # core falls back to no audio device when ALSA/PulseAudio have none).
+    cat >"$lprc" <<EOF
+[sip]
+sip_port=-1
+sip_tcp_port=-1
+sip_tls_port=0
+register_only_when_network_is_up=0
+[sound]
+echocancellation=0
+[video]
+enabled=0
+display=0
+capture=0
+EOF
+    tmx() { tmux -S "$tmux_sock" "$@"; }
+    pane() { tmx capture-pane -p -J -S -300 -t lp 2>/dev/null; }
+    # lp_cmd_wait CMD REGEX SECONDS: types CMD into linphonec until the pane shows REGEX
+    # (re-typing CMD every second); REGEX is looked for only in output after CMD.
+    lp_cmd_wait() {
+      local cmd=$1 re=$2 secs=$3 n=0
+      while [ $n -lt "$secs" ]; do
+        tmx send-keys -t lp "$cmd" Enter
+        sleep 1
+        if pane | awk -v c="$cmd" 'index($0, c) { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' |
+             grep -Eq "$re"; then
+          return 0
+        fi
+        n=$((n + 1))
+      done
+      return 1
+    }
+    env TERM=xterm tmux -S "$tmux_sock" new-session -d -s lp -x 220 -y 60 \
+      "env HOME='$lphome' XDG_CONFIG_HOME='$lphome/.config' XDG_DATA_HOME='$lphome/.local/share' \
+       linphonec -c '$lprc' -d 6 -l '$lplog'; echo LINPHONEC-EXITED status=\$?; sleep 120"
+    # Wait for the prompt.
+    started=0
+    for i in $(seq 1 100); do
+      if pane | grep -q 'linphonec>'; then started=1; break; fi
+      if pane | grep -q LINPHONEC-EXITED; then break; fi
+      sleep 0.1
+    done
+    if [ $started = 0 ]; then
+      for c in "${lp_checks[@]}"; do fail "$c" "linphonec did not start (no prompt within 10 s)"; done
+      pane | grep -v '^$' | tail -n 10 | indent; show "$lplog"
+    else
+      # alice over UDP
+      tmx send-keys -t lp "register sip:alice@127.0.0.1:$sip_port sip:127.0.0.1:$sip_port alice-secret" Enter
+      if lp_cmd_wait "status register" "^registered, identity=sip:alice@127.0.0.1:$sip_port" 10; then
+        if wait_bindings 1 5; then
+          pass "linphonec registers alice over UDP (status register: registered; /health bindings=1)"
+        else
+          fail "linphonec registers alice over UDP" "linphonec says registered but /health bindings=$got_bindings"
+        fi
+      else
+        fail "linphonec registers alice over UDP" "no 'registered' in status register within 10 s"
+        pane | grep -v '^$' | tail -n 8 | indent
+        grep -E 'SIP/2.0 [0-9]|moving from state' "$lplog" | tail -n 6 | indent
+      fi
+      # bob over TCP: `register` replaces the account (alice is unregistered).
+      tmx send-keys -t lp "register sip:bob@127.0.0.1:$sip_port <sip:127.0.0.1:$sip_port;transport=tcp> bob-secret" Enter
+      if lp_cmd_wait "status register" "^registered, identity=sip:bob@127.0.0.1:$sip_port" 10; then
+        if wait_bindings 1 5 && grep -q "message sent to \[TCP://127.0.0.1:$sip_port\]" "$lplog"; then
+          pass "linphonec registers bob over TCP (status register: registered; /health bindings=1)"
+        else
+          fail "linphonec registers bob over TCP" "/health bindings=${got_bindings:-$(bindings)} (want 1: bob in, alice out) or no TCP REGISTER in the linphonec log"
+        fi
+      else
+        fail "linphonec registers bob over TCP" "no 'registered' in status register within 10 s"
+        pane | grep -v '^$' | tail -n 8 | indent
+        grep -E 'SIP/2.0 [0-9]|moving from state' "$lplog" | tail -n 6 | indent
+      fi
+      # quit: linphonec unregisters (REGISTER Expires: 0) before exiting.
+      tmx send-keys -t lp "quit" Enter
+      if wait_bindings 0 10; then
+        pass "linphonec unregisters on quit (/health bindings=0)"
+      else
+        fail "linphonec unregisters on quit" "/health bindings=$got_bindings after quit"
+      fi
+    fi
+    tmx kill-server >/dev/null 2>&1
+  fi
+
+  # ---- /metrics
+  metrics=$(http_get "$admin_port" /metrics)
+  missing=""
+  for m in tandem_sip_requests_total tandem_sip_responses_total tandem_register_total tandem_bindings_active; do
+    grep -q "^$m" <<<"$metrics" || missing="$missing $m"
+  done
+  if [ -z "$missing" ]; then pass "/metrics exports the tandem_* series"
+  else fail "/metrics exports the tandem_* series" "missing:$missing"; fi
+
+  check_stop demo
+fi
+
+# ================================================================ phase auth
+echo "== auth: gen_users.sh config (u0..u99, MD5), Tandem on 127.0.0.1:$sip_port"
+gen_conf=$work/users-base.toml
+users_csv=$work/users.csv
+if ! "$here/gen_users.sh" -b "$repo/config/tandem.toml" -o "$gen_conf" -c "$users_csv" 100 >"$work/gen.out" 2>&1; then
+  fail "gen_users.sh 100" "$(cat "$work/gen.out")"
+elif ! start_tandem auth "$gen_conf"; then
+  fail "auth: Tandem starts on the gen_users.sh config" "no /health on 127.0.0.1:$admin_port"
+  show "$tandem_log"
+else
+  pass "auth: Tandem starts on the gen_users.sh config (100 users)"
+  if ! have sipp; then
+    fail "SIPp REGISTER with digest" "$(missing_reason sipp sip-tester)"
+  else
+    run_sipp "SIPp REGISTER with digest, UDP, users u0..u4" 5 20 \
+      -sf "$here/register_auth.xml" -inf "$users_csv" -m 5 -r 10 -l 5
+    if wait_bindings 5 3; then pass "/health reports the 5 SIPp bindings"
+    else fail "/health reports the 5 SIPp bindings" "bindings=$got_bindings"; fi
+    run_sipp "SIPp REGISTER with digest, TCP, users u0..u4" 5 20 \
+      -sf "$here/register_auth.xml" -inf "$users_csv" -m 5 -r 10 -l 5 -t t1
+  fi
+  if ! have sipsak; then
+    fail "sipsak registration with password" "$(missing_reason sipsak sipsak)"
+  else
+    before=$(bindings)
+    out=$work/sipsak-register.out
+    # -U usrloc mode, -C contact (registration only), -x expires (>= min_expires_secs),
+    # -a password, -u auth username (sipsak otherwise derives "u7@" from the URI), -i no Via warning.
+    timeout 15 sipsak -U -i -vv -C "sip:u7@127.0.0.1:5999" -s "sip:u7@127.0.0.1:$sip_port" \
+      -u u7 -a pw-u7 -x 3600 >"$out" 2>&1
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q 'usrloc tests completed successful' "$out" && wait_bindings $((before + 1)) 3; then
+      pass "sipsak registration with password (u7: 401, then 200; /health bindings=$((before + 1)))"
+    else
+      fail "sipsak registration with password" "sipsak exit $rc, bindings ${got_bindings:-?} (want $((before + 1)))"
+      show "$out" 25
+    fi
+    before=$(bindings)
+    out=$work/sipsak-badpass.out
+    timeout 15 sipsak -U -i -vv -C "sip:u8@127.0.0.1:5999" -s "sip:u8@127.0.0.1:$sip_port" \
+      -u u8 -a wrong-password -x 3600 >"$out" 2>&1
+    rc=$?
+    if [ "$rc" != 0 ] && grep -q 'SIP/2.0 40[13]' "$out" && ! grep -q 'SIP/2.0 200' "$out" && [ "$(bindings)" = "$before" ]; then
+      pass "sipsak registration with a wrong password is refused ($(grep -o 'SIP/2.0 40[13][^[:cntrl:]]*' "$out" | tail -n 1 | tr -d '\r'))"
+    else
+      fail "sipsak registration with a wrong password is refused" "sipsak exit $rc"
+      show "$out" 25
+    fi
+  fi
+  check_stop auth
+fi
+
+# ================================================================ phase load
+echo "== load: authenticate = false, SIPp register.xml $LOAD_RATE/s for $LOAD_SECS s"
+if ! start_tandem load "$repo/config/tandem.toml" 's/^authenticate = .*/authenticate = false/'; then
+  fail "load: Tandem starts with authenticate = false" "no /health on 127.0.0.1:$admin_port"
+  show "$tandem_log"
+else
+  pass "load: Tandem starts with authenticate = false"
+  if ! have sipp; then
+    fail "SIPp REGISTER load" "$(missing_reason sipp sip-tester)"
+  else
+    n=$((LOAD_RATE * LOAD_SECS))
+    run_sipp "SIPp REGISTER load, $LOAD_RATE/s for ${LOAD_SECS}s, $n distinct users" "$n" $((LOAD_SECS * 3 + 10)) \
+      -sf "$here/register.xml" -r "$LOAD_RATE" -m "$n" -l $((LOAD_RATE * 5))
+    if wait_bindings "$n" 5; then pass "/health reports the $n load bindings"
+    else fail "/health reports the $n load bindings" "bindings=$got_bindings"; fi
+  fi
+  check_stop load
+fi
+
+echo "(took $((SECONDS - start_time)) s)"
+cleanup
+summary
+[ "$failed" = 0 ]
