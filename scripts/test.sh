@@ -1,0 +1,40 @@
+#!/bin/bash
+# scripts/test.sh — the whole test suite:
+#   1. as root, installs the SIP clients the tests drive if any is missing
+#      (apt-get: sip-tester sipsak linphone-cli tmux)
+#   2. cargo build --release
+#   3. cargo test --release   (tests share the release build)
+#   4. sip-tests/run.sh target/release/tandem   (SIPp, sipsak, linphonec against a running Tandem)
+# Exits non-zero as soon as a step fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==== %s\n' "$*"; }
+die() { printf '\n==== FAILED: %s\n' "$*" >&2; exit 1; }
+
+step "1/4 SIP test clients (sipp, sipsak, linphonec, tmux)"
+missing=()
+for tool in sipp sipsak linphonec tmux; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "all present"
+elif [ "$(id -u)" = 0 ]; then
+  echo "missing: ${missing[*]}; installing sip-tester sipsak linphone-cli tmux"
+  apt-get update || die "apt-get update"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y sip-tester sipsak linphone-cli tmux ||
+    die "apt-get install sip-tester sipsak linphone-cli tmux"
+else
+  echo "missing: ${missing[*]} (not root: not installing; the sip-tests needing them will fail)"
+fi
+
+step "2/4 cargo build --release"
+cargo build --release || die "cargo build --release"
+
+step "3/4 cargo test --release"
+cargo test --release || die "cargo test --release"
+
+step "4/4 sip-tests/run.sh target/release/tandem"
+sip-tests/run.sh target/release/tandem || die "sip-tests"
+
+step "all steps passed"
