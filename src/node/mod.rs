@@ -295,10 +295,10 @@ impl Node {
             .handle(&req, &source, Instant::now(), now_ms())
         {
             Outcome::Respond(r) => self.respond(&key, &req, &src, dest, r),
-            Outcome::AfterCommit(r, ticket) => {
+            Outcome::AfterCommit(r, commit) => {
                 let this = this.clone();
-                tokio::spawn(async move {
-                    let r = match ticket.wait().await {
+                commit.then(move |result| {
+                    let r = match result {
                         Ok(()) => r,
                         Err(e) => {
                             tracing::error!(error = %e, "binding not persisted; answering 500");

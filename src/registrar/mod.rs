@@ -9,7 +9,7 @@ use crate::sip::auth::{self, Algorithm, NonceCheck, NonceManager};
 use crate::sip::message::build::response_to;
 use crate::sip::message::values::{parse_scalar, NameAddr};
 use crate::sip::message::{Contacts, HeaderName, Request, Response};
-use crate::store::{StoreOp, StoreWriter, Ticket};
+use crate::store::{PendingCommit, StoreOp, StoreWriter};
 use bindings::{Limits, RegisterError, RegisterRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     /// Send this final response now.
     Respond(Response),
-    /// Send this response once the store committed the ticket's changes.
-    AfterCommit(Response, Ticket),
+    /// Send this response once the store committed these changes.
+    AfterCommit(Response, PendingCommit),
 }
 
 pub struct Registrar {
@@ -185,7 +185,13 @@ impl Registrar {
                     Outcome::Respond(ok)
                 } else {
                     metrics::counter!("tandem_register_total", "outcome" => "ok").increment(1);
-                    Outcome::AfterCommit(ok, self.store.submit(ops))
+                    Outcome::AfterCommit(
+                        ok,
+                        PendingCommit {
+                            writer: self.store.clone(),
+                            ops,
+                        },
+                    )
                 }
             }
             Err(e) => {

@@ -41,9 +41,20 @@ pub trait BindingStore: Send + 'static {
     fn load_users(&mut self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>>;
 }
 
+type Callback = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// What happens once a job's transaction committed (or failed).
+enum Done {
+    Nothing,
+    Notify(oneshot::Sender<Result<(), String>>),
+    /// Runs on the writer task right after the commit: the hot path uses this to
+    /// send the 200 OK without a task switch per REGISTER.
+    Call(Callback),
+}
+
 struct Job {
     ops: Vec<StoreOp>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Done,
 }
 
 /// A cloneable handle to the group-commit writer task.
@@ -98,8 +109,12 @@ impl StoreWriter {
                 metrics::counter!("tandem_store_commits_total").increment(1);
                 metrics::histogram!("tandem_store_batch_size").record(ops.len() as f64);
                 for j in jobs.drain(..) {
-                    if let Some(done) = j.done {
-                        let _ = done.send(result.clone());
+                    match j.done {
+                        Done::Nothing => {}
+                        Done::Notify(tx) => {
+                            let _ = tx.send(result.clone());
+                        }
+                        Done::Call(f) => f(result.clone()),
                     }
                 }
             }
@@ -112,16 +127,54 @@ impl StoreWriter {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Job {
             ops,
-            done: Some(done),
+            done: Done::Notify(done),
         });
         Ticket(rx)
+    }
+
+    /// Queues changes; `then` runs on the writer task once they are committed (or
+    /// with the error if the commit failed, or if the writer has stopped).
+    pub fn submit_then(
+        &self,
+        ops: Vec<StoreOp>,
+        then: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job {
+            ops,
+            done: Done::Call(Box::new(then)),
+        }) {
+            if let Done::Call(f) = job.done {
+                f(Err("store writer stopped".into()));
+            }
+        }
     }
 
     /// Queues changes nobody waits for (expiry purges).
     pub fn submit_detached(&self, ops: Vec<StoreOp>) {
         if !ops.is_empty() {
-            let _ = self.tx.send(Job { ops, done: None });
+            let _ = self.tx.send(Job {
+                ops,
+                done: Done::Nothing,
+            });
         }
+    }
+}
+
+/// Changes the registrar made in memory and that must be durable before the answer.
+pub struct PendingCommit {
+    pub writer: StoreWriter,
+    pub ops: Vec<StoreOp>,
+}
+
+impl PendingCommit {
+    /// Commits, then calls `then` on the writer task.
+    pub fn then(self, then: impl FnOnce(Result<(), String>) + Send + 'static) {
+        self.writer.submit_then(self.ops, then)
+    }
+
+    /// Commits and waits.
+    pub async fn wait(self) -> Result<(), String> {
+        self.writer.submit(self.ops).wait().await
     }
 }
 
