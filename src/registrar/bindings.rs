@@ -77,6 +77,13 @@ fn binding_key(na: &NameAddr, instance: Option<&str>, reg_id: Option<u32>) -> St
     }
 }
 
+/// Orders an AOR's bindings highest q first (RFC 3261 §20.10: q is the relative
+/// preference; absent means 1.0), so the 200 OK of §10.3 step 8 lists contacts in
+/// the order a caller would try them. Stable: equal q keeps registration order.
+fn by_preference(bindings: &mut [Binding]) {
+    bindings.sort_by_key(|b| std::cmp::Reverse(b.q.unwrap_or(1000)));
+}
+
 /// Applies the request to `existing`, returning the AOR's new bindings and the changes.
 /// All-or-nothing: on error nothing is changed (§10.3 step 7, "the update MUST be aborted").
 pub fn apply(
@@ -96,7 +103,11 @@ pub fn apply(
         .removed
         .extend(existing.iter().filter(|b| b.expires_at <= now).cloned());
     let list = match &req.contacts {
-        None => return Ok((bindings, changes)), // a query: §10.3 step 6 "no Contact"
+        None => {
+            // a query: §10.3 step 6 "no Contact"
+            by_preference(&mut bindings);
+            return Ok((bindings, changes));
+        }
         Some(Contacts::Wildcard) => {
             // §10.3 step 6: `*` only with Expires: 0 and no other contact.
             if req.expires != Some(0) {
@@ -168,6 +179,7 @@ pub fn apply(
     if bindings.len() > limits.max_contacts {
         return Err(RegisterError::TooManyContacts);
     }
+    by_preference(&mut bindings);
     // A contact listed twice in one request: keep only its last state in `upserted`.
     let mut seen = std::collections::HashSet::new();
     changes.upserted.reverse();
@@ -343,8 +355,10 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(b[0].q, Some(700));
-        assert_eq!(b[1].q, Some(1000));
+        // listed highest preference first
+        assert_eq!(b[0].q, Some(1000));
+        assert_eq!(b[0].contact, "sip:b@h");
+        assert_eq!(b[1].q, Some(700));
         assert_eq!(q_thousandths("1.5"), None);
     }
 }
