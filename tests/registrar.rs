@@ -1034,6 +1034,94 @@ async fn expired_bindings_disappear() {
         left = health_bindings(&n).await;
     }
     assert_eq!(left, 1);
+    // and deleted from the store
+    assert_eq!(store_rows(&n).await, 1);
+}
+
+/// Rows in the store's `bindings` table, after the writer had a moment to commit.
+async fn store_rows(n: &TestNode) -> i64 {
+    use sqlx::{Connection, Row};
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", n.store_path().display()))
+        .await
+        .unwrap();
+    let mut rows = -1;
+    for _ in 0..20 {
+        rows = sqlx::query("SELECT count(*) AS n FROM bindings")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+            .get("n");
+        if rows <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.close().await.unwrap();
+    rows
+}
+
+#[tokio::test]
+async fn bindings_loaded_from_the_store_expire_on_time() {
+    let mut n = TestNode::start("authenticate = false\nmin_expires_secs = 1", "").await;
+    let c = UdpClient::new(n.udp()).await;
+    let r = c
+        .request(&register(
+            c.port(),
+            "alice",
+            "lexp1",
+            1,
+            "Contact: <sip:alice@10.0.0.1>;expires=2, <sip:alice@10.0.0.2>;expires=600\r\n",
+        ))
+        .await;
+    assert_eq!(bindings(&r).len(), 2, "{r}");
+    n.restart().await;
+    assert_eq!(health_bindings(&n).await, 2);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let c = UdpClient::new(n.udp()).await;
+    let q = c
+        .request(&register(c.port(), "alice", "lexp2", 1, ""))
+        .await;
+    assert_eq!(uris(&q), vec!["sip:alice@10.0.0.2"], "{q}");
+    let mut left = health_bindings(&n).await;
+    for _ in 0..20 {
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = health_bindings(&n).await;
+    }
+    assert_eq!(left, 1);
+    assert_eq!(store_rows(&n).await, 1);
+}
+
+#[tokio::test]
+async fn foreign_domain_is_not_served() {
+    let n = TestNode::start(OPEN, "domains = [\"example.com\"]").await;
+    let c = UdpClient::new(n.udp()).await;
+    let r = c
+        .request(&register(
+            c.port(),
+            "alice",
+            "dom1",
+            1,
+            "Contact: <sip:alice@10.0.0.1>\r\n",
+        ))
+        .await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = c
+        .request(
+            &register(
+                c.port(),
+                "alice",
+                "dom2",
+                1,
+                "Contact: <sip:alice@10.0.0.1>\r\n",
+            )
+            .replace("<sip:alice@127.0.0.1>", "<sip:alice@EXAMPLE.com>"),
+        )
+        .await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(health_bindings(&n).await, 1);
 }
 
 // ---------------------------------------------------------------------------
