@@ -5,12 +5,14 @@
 #   2. cargo build --release
 #   3. cargo test --release   (tests share the release build)
 #   4. sip-tests/run.sh target/release/tandem   (SIPp, sipsak, linphonec against a running Tandem)
-# Exits non-zero as soon as a step fails.
+# Stops if the install or the build fails; otherwise runs steps 3 and 4 both and
+# exits non-zero if either failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==== %s\n' "$*"; }
 die() { printf '\n==== FAILED: %s\n' "$*" >&2; exit 1; }
+failed=()
 
 step "1/4 SIP test clients (sipp, sipsak, linphonec, tmux)"
 missing=()
@@ -23,18 +25,22 @@ elif [ "$(id -u)" = 0 ]; then
   echo "missing: ${missing[*]}; installing sip-tester sipsak linphone-cli tmux"
   apt-get update || die "apt-get update"
   DEBIAN_FRONTEND=noninteractive apt-get install -y sip-tester sipsak linphone-cli tmux ||
-    die "apt-get install sip-tester sipsak linphone-cli tmux"
+    die "apt-get install -y sip-tester sipsak linphone-cli tmux"
 else
-  echo "missing: ${missing[*]} (not root: not installing; the sip-tests needing them will fail)"
+  echo "missing: ${missing[*]} (not root, so not installing: the sip-tests that need them will fail)"
 fi
 
 step "2/4 cargo build --release"
 cargo build --release || die "cargo build --release"
 
 step "3/4 cargo test --release"
-cargo test --release || die "cargo test --release"
+cargo test --release || failed+=("cargo test --release")
 
 step "4/4 sip-tests/run.sh target/release/tandem"
-sip-tests/run.sh target/release/tandem || die "sip-tests"
+sip-tests/run.sh target/release/tandem || failed+=("sip-tests/run.sh")
 
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '\n==== FAILED: %s\n' "$(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')" >&2
+  exit 1
+fi
 step "all steps passed"
