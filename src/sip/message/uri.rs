@@ -116,23 +116,25 @@ impl Uri {
     }
 
     fn parse_sip(raw: &str, scheme: Scheme, rest: &str) -> Result<Uri, UriError> {
-        let (before_headers, has_headers) = match rest.find('?') {
-            Some(i) => (&rest[..i], true),
-            None => (rest, false),
-        };
-        // The user part may hold escaped characters and ';' (RFC 4475 `semiuri`), but
-        // never an unescaped '@', so the last '@' separates userinfo from host.
-        let (user, hostpart) = match before_headers.rfind('@') {
+        // The user part may hold escaped characters, ';' (RFC 4475 `semiuri`) and even
+        // '?' (RFC 3261 §25.1 `user-unreserved`, RFC 4475 `intmeth`), but never an
+        // unescaped '@'; neither may host, parameters or headers. So the last '@'
+        // separates userinfo from host, and `?headers` starts after it.
+        let (user, after_user) = match rest.rfind('@') {
             Some(i) => {
-                let userinfo = &before_headers[..i];
+                let userinfo = &rest[..i];
                 if userinfo.is_empty() {
                     return Err(UriError::BadHost);
                 }
                 // password is kept inside `user` (rarely used, never for AOR matching)
                 let user = userinfo.split(':').next().unwrap_or(userinfo);
-                (Some(user.to_string()), &before_headers[i + 1..])
+                (Some(user.to_string()), &rest[i + 1..])
             }
-            None => (None, before_headers),
+            None => (None, rest),
+        };
+        let (hostpart, has_headers) = match after_user.find('?') {
+            Some(i) => (&after_user[..i], true),
+            None => (after_user, false),
         };
         let (hostport, params) = match hostpart.find(';') {
             Some(i) => (&hostpart[..i], &hostpart[i + 1..]),
@@ -300,6 +302,14 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("user;par=u%40example.net"));
         assert_eq!(u.host, "example.com");
         assert_eq!(u.aor_key(), "sip:user;par=u@example.net@example.com");
+        // '?' belongs to the user part when an '@' follows (RFC 4475 intmeth)
+        let u = Uri::parse("sip:a?b,/;;*:pw@example.com;x?h=v").unwrap();
+        assert_eq!(u.user.as_deref(), Some("a?b,/;;*"));
+        assert_eq!(u.host, "example.com");
+        assert!(u.has_headers);
+        let u = Uri::parse("sip:u@example.com?Route=%3Csip:x%3E").unwrap();
+        assert_eq!(u.host, "example.com");
+        assert!(u.has_headers);
         // %00 must not truncate (RFC 4475 escnull)
         let u = Uri::parse("sip:null-%00-null@example.com").unwrap();
         assert_eq!(u.aor_key(), "sip:null-\0-null@example.com");
