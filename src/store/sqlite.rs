@@ -6,7 +6,8 @@
 use super::{BindingStore, BoxFuture, StoreError, StoreOp};
 use crate::location::{Binding, NodeId, UnixMs};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use std::collections::HashMap;
 use std::path::Path;
 
 pub struct SqliteStore {
@@ -30,9 +31,12 @@ impl SqliteStore {
     }
 }
 
-const UPSERT: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node)
- VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
- ON CONFLICT (aor, binding_key) DO UPDATE SET contact = excluded.contact, instance = excluded.instance,
+/// 13 columns × 500 rows stays under SQLite's limit of 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+const UPSERT_HEAD: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node) ";
+
+const UPSERT_TAIL: &str = " ON CONFLICT (aor, binding_key) DO UPDATE SET contact = excluded.contact, instance = excluded.instance,
  reg_id = excluded.reg_id, q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq,
  expires_at = excluded.expires_at, path = excluded.path, source = excluded.source,
  user_agent = excluded.user_agent, owner_node = excluded.owner_node";
@@ -73,35 +77,61 @@ impl BindingStore for SqliteStore {
 
     fn apply<'a>(&'a mut self, ops: &'a [StoreOp]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut tx = self.conn.begin().await?;
+            // Within one batch only the last operation on a binding matters, so the
+            // batch collapses to one multi-row upsert and one multi-row delete: a few
+            // statements per transaction instead of one round trip to SQLite's
+            // worker thread per binding.
+            let mut last: HashMap<(&str, &str), &StoreOp> = HashMap::with_capacity(ops.len());
             for op in ops {
+                let k = match op {
+                    StoreOp::Upsert(b) => (b.aor.as_str(), b.key.as_str()),
+                    StoreOp::Delete { aor, key } => (aor.as_str(), key.as_str()),
+                };
+                last.insert(k, op);
+            }
+            let mut upserts = Vec::new();
+            let mut deletes = Vec::new();
+            for op in last.into_values() {
                 match op {
-                    StoreOp::Upsert(b) => {
-                        sqlx::query(UPSERT)
-                            .bind(&b.aor)
-                            .bind(&b.key)
-                            .bind(&b.contact)
-                            .bind(&b.instance)
-                            .bind(b.reg_id.map(|v| v as i64))
-                            .bind(b.q.map(|v| v as i64))
-                            .bind(&b.call_id)
-                            .bind(b.cseq as i64)
-                            .bind(b.expires_at as i64)
-                            .bind(b.path.join("\n"))
-                            .bind(&b.source)
-                            .bind(&b.user_agent)
-                            .bind(&*b.owner.0)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    StoreOp::Delete { aor, key } => {
-                        sqlx::query("DELETE FROM bindings WHERE aor = ?1 AND binding_key = ?2")
-                            .bind(aor)
-                            .bind(key)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    StoreOp::Upsert(b) => upserts.push(b),
+                    StoreOp::Delete { aor, key } => deletes.push((aor, key)),
                 }
+            }
+            let mut tx = self.conn.begin().await?;
+            for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "DELETE FROM bindings WHERE (aor, binding_key) IN (VALUES ",
+                );
+                let mut sep = q.separated(", ");
+                for (aor, key) in chunk {
+                    sep.push("(");
+                    sep.push_bind_unseparated(aor.as_str());
+                    sep.push_unseparated(", ");
+                    sep.push_bind_unseparated(key.as_str());
+                    sep.push_unseparated(")");
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Sqlite>::new(UPSERT_HEAD);
+                q.push_values(chunk, |mut row, b| {
+                    row.push_bind(b.aor.as_str())
+                        .push_bind(b.key.as_str())
+                        .push_bind(b.contact.as_str())
+                        .push_bind(b.instance.as_deref())
+                        .push_bind(b.reg_id.map(|v| v as i64))
+                        .push_bind(b.q.map(|v| v as i64))
+                        .push_bind(b.call_id.as_str())
+                        .push_bind(b.cseq as i64)
+                        .push_bind(b.expires_at as i64)
+                        .push_bind(b.path.join("\n"))
+                        .push_bind(b.source.as_str())
+                        .push_bind(b.user_agent.as_deref())
+                        .push_bind(&*b.owner.0);
+                });
+                q.push(UPSERT_TAIL);
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -156,12 +186,31 @@ mod tests {
                     aor: "sip:b@h".into(),
                     key: "k1".into(),
                 },
+                // the last operation on a binding wins within a batch
+                StoreOp::Delete {
+                    aor: "sip:c@h".into(),
+                    key: "k1".into(),
+                },
+                StoreOp::Upsert(binding("sip:c@h", "k1", 10_000)),
             ])
             .await
             .unwrap();
         }
         let mut s = SqliteStore::open(&path).await.unwrap();
-        let got = s.load_bindings(5_000).await.unwrap();
-        assert_eq!(got, vec![binding("sip:a@h", "k1", 10_000)]);
+        let mut got = s.load_bindings(5_000).await.unwrap();
+        got.sort_by(|a, b| a.aor.cmp(&b.aor));
+        assert_eq!(
+            got,
+            vec![
+                binding("sip:a@h", "k1", 10_000),
+                binding("sip:c@h", "k1", 10_000)
+            ]
+        );
+        // many rows: more than one statement per batch
+        let many: Vec<StoreOp> = (0..1200)
+            .map(|i| StoreOp::Upsert(binding(&format!("sip:u{i}@h"), "k", 10_000)))
+            .collect();
+        s.apply(&many).await.unwrap();
+        assert_eq!(s.load_bindings(5_000).await.unwrap().len(), 1202);
     }
 }
