@@ -912,54 +912,74 @@ fn run_registrar(verbose: bool) {
 
 // ------------------------------------------------------------------ bench --
 
-fn time_best(iters: usize, f: &dyn Fn() -> usize) -> (f64, Vec<f64>) {
-    let expect = f();
-    for _ in 0..iters / 10 {
-        black_box(f());
+/// One timed round of `iters` calls; returns messages per second.
+fn round(iters: usize, expect: usize, f: &dyn Fn() -> usize) -> f64 {
+    let t = Instant::now();
+    let mut acc = 0usize;
+    for _ in 0..iters {
+        acc = acc.wrapping_add(f());
     }
-    let mut best = f64::MAX;
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let mut acc = 0usize;
-        for _ in 0..iters {
-            acc = acc.wrapping_add(f());
-        }
-        let el = t.elapsed().as_secs_f64();
-        assert_eq!(acc, expect.wrapping_mul(iters));
-        black_box(acc);
-        best = best.min(el);
-        rates.push(iters as f64 / el);
-    }
-    (iters as f64 / best, rates)
+    let el = t.elapsed().as_secs_f64();
+    assert_eq!(acc, expect.wrapping_mul(iters));
+    black_box(acc);
+    iters as f64 / el
 }
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const ROUNDS: usize = 5;
 
 fn run_bench(iters: usize) {
     let msg = REGISTER.as_bytes();
     println!(
-        "# throughput: typical SIPp REGISTER ({} bytes), {} parses per round, best of 3 rounds, 1 thread",
+        "# throughput: typical SIPp REGISTER ({} bytes), {} parses per round, {} rounds per candidate \
+         interleaved (candidates take turns so background load hits all alike), 1 thread",
         msg.len(),
-        iters
+        iters,
+        ROUNDS
     );
     println!("# 'full' = parse + Via branch, From/To URI, Call-ID, CSeq, Contact, Expires; 'parse-only' = message-level parse");
+    let mut cands = candidates();
+    // tandem+validate shares tandem's bench body
     let mut seen = Vec::new();
-    for c in candidates() {
-        // tandem+validate shares tandem's bench body
-        if seen.contains(&(c.bench as usize)) {
-            continue;
-        }
-        seen.push(c.bench as usize);
+    cands.retain(|c| {
+        let k = c.bench as usize;
+        let new = !seen.contains(&k);
+        seen.push(k);
+        new
+    });
+    let mut full = vec![Vec::new(); cands.len()];
+    let mut shallow = vec![Vec::new(); cands.len()];
+    for c in &cands {
         assert!((c.bench)(msg) > 0, "{} failed to parse the benchmark message", c.name);
-        let (full, rates) = time_best(iters, &|| (c.bench)(black_box(msg)));
-        let (shallow, _) = time_best(iters, &|| (c.parse)(black_box(msg)).is_ok() as usize);
+        for _ in 0..iters / 10 {
+            black_box((c.bench)(black_box(msg)));
+        }
+    }
+    for _ in 0..ROUNDS {
+        for (i, c) in cands.iter().enumerate() {
+            let e = (c.bench)(msg);
+            full[i].push(round(iters, e, &|| (c.bench)(black_box(msg))));
+            shallow[i].push(round(iters, 1, &|| (c.parse)(black_box(msg)).is_ok() as usize));
+        }
+    }
+    for (i, c) in cands.iter().enumerate() {
+        let (fm, sm) = (median(&full[i]), median(&shallow[i]));
+        let fb = full[i].iter().cloned().fold(0.0, f64::max);
+        let fw = full[i].iter().cloned().fold(f64::MAX, f64::min);
         println!(
-            "BENCH {:<14} full {:>9.0} msg/s ({:.2} us/msg; rounds {}) | parse-only {:>9.0} msg/s ({:.2} us/msg)",
+            "BENCH {:<14} full: median {:>7.0} msg/s ({:.2} us/msg), best {:.0}, worst {:.0} | parse-only: median {:>7.0} msg/s ({:.2} us/msg)",
             c.name,
-            full,
-            1e6 / full,
-            rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
-            shallow,
-            1e6 / shallow
+            fm,
+            1e6 / fm,
+            fb,
+            fw,
+            sm,
+            1e6 / sm
         );
     }
 }
