@@ -864,6 +864,44 @@ async fn contacts_per_aor_are_bounded() {
 }
 
 #[tokio::test]
+async fn lowered_bound_still_lets_a_phone_refresh_and_unregister() {
+    let mut n = TestNode::start(OPEN, "").await;
+    let c = UdpClient::new(n.udp()).await;
+    let r = c
+        .request(&register(
+            c.port(),
+            "alice",
+            "low1",
+            1,
+            "Contact: <sip:alice@10.0.0.1>, <sip:alice@10.0.0.2>, <sip:alice@10.0.0.3>, \
+             <sip:alice@10.0.0.4>\r\n",
+        ))
+        .await;
+    assert_eq!(bindings(&r).len(), 4, "{r}");
+    // the operator lowers the bound and restarts
+    n.cfg.registrar.max_contacts_per_aor = 2;
+    n.restart().await;
+    let c = UdpClient::new(n.udp()).await;
+    let send = |cseq: u32, extra: &'static str| register(c.port(), "alice", "low1", cseq, extra);
+    let r = c
+        .request(&send(
+            2,
+            "Contact: <sip:alice@10.0.0.1>\r\nExpires: 600\r\n",
+        ))
+        .await;
+    assert_eq!(status(&r), 200, "refresh refused: {r}");
+    let r = c
+        .request(&send(3, "Contact: <sip:alice@10.0.0.2>\r\nExpires: 0\r\n"))
+        .await;
+    assert_eq!(status(&r), 200, "removal refused: {r}");
+    assert_eq!(bindings(&r).len(), 3, "{r}");
+    let r = c
+        .request(&send(4, "Contact: <sip:alice@10.0.0.5>\r\n"))
+        .await;
+    assert_eq!(status(&r), 403, "{r}");
+}
+
+#[tokio::test]
 async fn same_instance_and_reg_id_replace_earlier_binding() {
     let n = TestNode::start(OPEN, "").await;
     let c = UdpClient::new(n.udp()).await;

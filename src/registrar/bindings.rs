@@ -97,6 +97,7 @@ pub fn apply(
         .filter(|b| b.expires_at > now)
         .cloned()
         .collect();
+    let live = bindings.len();
     let mut changes = Changes::default();
     // Bindings that already lapsed are removed now (durably too).
     changes
@@ -176,7 +177,10 @@ pub fn apply(
         }
         changes.upserted.push(binding);
     }
-    if bindings.len() > limits.max_contacts {
+    // Only a request that adds bindings beyond the bound is refused: an AOR already
+    // over it (the bound was lowered and the node restarted) must still be able to
+    // refresh or remove its bindings (RFC 3261 §10.3 step 7 allows removal always).
+    if bindings.len() > limits.max_contacts && bindings.len() > live {
         return Err(RegisterError::TooManyContacts);
     }
     by_preference(&mut bindings);
@@ -343,6 +347,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, RegisterError::TooManyContacts);
+    }
+
+    #[test]
+    fn over_the_bound_bindings_can_still_be_refreshed_and_removed() {
+        let n = node();
+        let wide = Limits {
+            max_contacts: 10,
+            ..LIMITS
+        };
+        let (b, _) = apply(
+            &[],
+            &req(
+                "<sip:x@h1>, <sip:x@h2>, <sip:x@h3>, <sip:x@h4>",
+                None,
+                "c",
+                1,
+                &n,
+            ),
+            &wide,
+            0,
+        )
+        .unwrap();
+        // the bound is now 3 (config changed): refresh, removal, replacement work
+        let (b, _) = apply(&b, &req("<sip:x@h1>", Some(600), "c", 2, &n), &LIMITS, 0).unwrap();
+        assert_eq!(b.len(), 4);
+        let (b, _) = apply(&b, &req("<sip:x@h2>", Some(0), "c", 3, &n), &LIMITS, 0).unwrap();
+        assert_eq!(b.len(), 3);
+        // but nothing is added beyond it
+        assert_eq!(
+            apply(&b, &req("<sip:x@h5>", None, "c", 4, &n), &LIMITS, 0).unwrap_err(),
+            RegisterError::TooManyContacts
+        );
     }
 
     #[test]
