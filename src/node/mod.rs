@@ -8,7 +8,9 @@ mod uas;
 use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::location::now_ms;
 use crate::registrar::{Outcome, Registrar};
-use crate::sip::message::build::{new_tag, response_to, stateless_error};
+use crate::sip::message::build::{
+    new_tag, raw_top_via, response_to, stateless_error, udp_response_dest,
+};
 use crate::sip::message::validate::{validate_request, Rejection};
 use crate::sip::message::{parse, HeaderName, Message, Method, Request, Response, Via};
 use crate::sip::transaction::table::{RequestOutcome, ServerTransactions, TimerOutput};
@@ -138,15 +140,11 @@ fn stamp_via(req: &mut Request, peer: SocketAddr) -> Option<Via> {
 
 /// RFC 3261 §18.2.2 with RFC 3581: the source address, and the source port when
 /// `rport` was asked for, else the Via port. Never anywhere but the source host.
-fn response_dest(via: &Via, src: &Source) -> SocketAddr {
+fn response_dest(via: Option<&Via>, src: &Source) -> SocketAddr {
     if src.protocol.is_reliable() {
         return src.peer;
     }
-    let port = match crate::sip::message::values::param(&via.params, "rport") {
-        Some(_) => src.peer.port(),
-        None => via.port.unwrap_or(5060),
-    };
-    SocketAddr::new(src.peer.ip(), port)
+    udp_response_dest(via, src.peer)
 }
 
 impl Node {
@@ -182,7 +180,10 @@ impl Node {
                 // Responses that do not parse are dropped (RFC 4475 `scalarlg`, `bigcode`).
                 if e.is_request {
                     if let Some(r) = stateless_error(&data, e.status, e.reason) {
-                        src.reply.send(src.peer, r);
+                        // §18.2.2 applies to stateless answers too: the Via port
+                        // unless the request asked for rport
+                        let dest = response_dest(raw_top_via(&data).as_ref(), &src);
+                        src.reply.send(dest, r);
                     }
                 }
                 return;
@@ -211,7 +212,7 @@ impl Node {
             }
             return;
         };
-        let dest = response_dest(&via, &src);
+        let dest = response_dest(Some(&via), &src);
         if let Err(Rejection { status, reason }) = validate_request(&req) {
             metrics::counter!("tandem_sip_parse_errors_total", "transport" => src.protocol.as_str(), "reason" => "invalid").increment(1);
             if req.method != Method::Ack {

@@ -2,8 +2,10 @@
 
 use super::header::{HeaderName, Headers};
 use super::parse::{header_end, unfold_lines};
+use super::values::{param, Via};
 use super::{reason_phrase, Request, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use std::net::SocketAddr;
 
 pub const SERVER: &str = concat!("Tandem/", env!("CARGO_PKG_VERSION"));
 
@@ -134,4 +136,31 @@ pub fn stateless_error(buf: &[u8], status: u16, reason: &str) -> Option<Bytes> {
         }
         .to_bytes(),
     )
+}
+
+/// The top Via of raw message bytes, for answering a message that did not parse.
+pub fn raw_top_via(buf: &[u8]) -> Option<Via> {
+    let end = header_end(buf).unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let lines = unfold_lines(&head);
+    let value = lines.iter().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (HeaderName::from_wire(name.trim_end()) == HeaderName::Via).then_some(value)
+    })?;
+    Via::parse_all(value)?.into_iter().next()
+}
+
+/// Where a response goes over an unreliable transport (RFC 3261 §18.2.2 with RFC
+/// 3581 §4): always the source address (`received`); the source port when the top
+/// Via has `rport`, else the Via's port, 5060 when absent. Without a usable Via,
+/// the source address and port.
+pub fn udp_response_dest(via: Option<&Via>, peer: SocketAddr) -> SocketAddr {
+    let Some(via) = via else {
+        return peer;
+    };
+    let port = match param(&via.params, "rport") {
+        Some(_) => peer.port(),
+        None => via.port.unwrap_or(5060),
+    };
+    SocketAddr::new(peer.ip(), port)
 }

@@ -2,7 +2,7 @@
 //! than the configured maximum is answered 513 (RFC 3261 §18.1.1) and dropped.
 
 use super::{Handler, Protocol, Replier, Source};
-use crate::sip::message::build::stateless_error;
+use crate::sip::message::build::{raw_top_via, stateless_error, udp_response_dest};
 use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
@@ -46,7 +46,9 @@ pub async fn serve(sock: Arc<UdpSocket>, max_message_size: usize, handler: Arc<d
         if n > max_message_size {
             metrics::counter!("tandem_sip_parse_errors_total", "transport" => "udp", "reason" => "too_large").increment(1);
             if let Some(resp) = stateless_error(&buf[..n], 513, "Message Too Large") {
-                Replier::Udp(sock.clone()).send(peer, resp);
+                // RFC 3261 §18.2.2: the Via port unless the request asked for rport
+                let dest = udp_response_dest(raw_top_via(&buf[..n]).as_ref(), peer);
+                Replier::Udp(sock.clone()).send(dest, resp);
             }
             continue;
         }
