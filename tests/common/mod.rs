@@ -266,3 +266,27 @@ pub async fn answers_options(server: SocketAddr, wait: Duration) -> bool {
     }
     false
 }
+
+/// A UDP socket on a random 127.a.b.c address (not 127.0.0.1) at `port` (0: any).
+/// Tandem always answers at the source address (RFC 3261 §18.2.2 `received`) but,
+/// without `rport`, at the port the Via names: sending torture or fuzz traffic from
+/// an address of its own keeps those answers away from other programs on the host.
+pub async fn bind_private_loopback(port: u16, salt: u64) -> UdpSocket {
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut x = ((std::process::id() as u64) << 20) ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..50 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let ip = Ipv4Addr::new(
+            127,
+            ((x >> 8) as u8) | 1,
+            (x >> 16) as u8,
+            ((x >> 24) as u8) | 2,
+        );
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), port)).await {
+            return s;
+        }
+    }
+    panic!("no free 127.x.y.z:{port} address to send from")
+}
