@@ -127,6 +127,17 @@ impl LocationTable {
 
     /// Removes every binding whose expiry has passed; returns them.
     pub fn purge_expired(&self, now: UnixMs) -> Vec<Binding> {
+        self.purge_expired_then(now, |_| {})
+    }
+
+    /// Like [`purge_expired`](Self::purge_expired), calling `removed` while the table
+    /// is still locked, so whoever records the removal (the store) sees it in order
+    /// with the updates around it.
+    pub fn purge_expired_then(
+        &self,
+        now: UnixMs,
+        removed_hook: impl FnOnce(&[Binding]),
+    ) -> Vec<Binding> {
         let mut inner = self.inner.write();
         let mut removed = Vec::new();
         while let Some(Reverse((t, _))) = inner.expiry.peek() {
@@ -162,6 +173,9 @@ impl LocationTable {
                     inner.expiry.push(Reverse((next, aor)));
                 }
             }
+        }
+        if !removed.is_empty() {
+            removed_hook(&removed);
         }
         removed
     }

@@ -191,19 +191,21 @@ async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let gone = location.purge_expired(now_ms());
+        // The deletes are queued under the table's lock (see `purge_expired_then`).
+        let gone = location.purge_expired_then(now_ms(), |gone| {
+            writer.submit_detached(
+                gone.iter()
+                    .map(|b| StoreOp::Delete {
+                        aor: b.aor.clone(),
+                        key: b.key.clone(),
+                    })
+                    .collect(),
+            )
+        });
         if !gone.is_empty() {
             tracing::debug!(count = gone.len(), "bindings expired");
             metrics::counter!("tandem_bindings_expired_total").increment(gone.len() as u64);
             metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
-            writer.submit_detached(
-                gone.into_iter()
-                    .map(|b| StoreOp::Delete {
-                        aor: b.aor,
-                        key: b.key,
-                    })
-                    .collect(),
-            );
         }
     }
 }

@@ -166,32 +166,34 @@ impl Registrar {
         let result = self.location.update(&aor, |existing| {
             let (new, changes) = bindings::apply(existing, &register, &self.limits, now_ms)?;
             let ok = self.ok_response(req, &new, now_ms);
-            Ok::<_, RegisterError>((new, (ok, changes)))
+            let mut ops: Vec<StoreOp> = changes
+                .removed
+                .into_iter()
+                .map(|b| StoreOp::Delete {
+                    aor: b.aor,
+                    key: b.key,
+                })
+                .collect();
+            ops.extend(changes.upserted.into_iter().map(StoreOp::Upsert));
+            // Queued under the table's lock, so the store sees changes to one
+            // binding in the order the table made them (a racing expiry purge or a
+            // second REGISTER cannot overtake this one).
+            let pending = (!ops.is_empty()).then(|| self.store.submit_pending(ops));
+            Ok::<_, RegisterError>((new, (ok, pending)))
         });
         match result {
-            Ok((ok, changes)) => {
+            Ok((ok, pending)) => {
                 metrics::gauge!("tandem_bindings_active").set(self.location.len() as f64);
-                let mut ops: Vec<StoreOp> = changes
-                    .removed
-                    .into_iter()
-                    .map(|b| StoreOp::Delete {
-                        aor: b.aor,
-                        key: b.key,
-                    })
-                    .collect();
-                ops.extend(changes.upserted.into_iter().map(StoreOp::Upsert));
-                if ops.is_empty() {
-                    metrics::counter!("tandem_register_total", "outcome" => "query").increment(1);
-                    Outcome::Respond(ok)
-                } else {
-                    metrics::counter!("tandem_register_total", "outcome" => "ok").increment(1);
-                    Outcome::AfterCommit(
-                        ok,
-                        PendingCommit {
-                            writer: self.store.clone(),
-                            ops,
-                        },
-                    )
+                match pending {
+                    None => {
+                        metrics::counter!("tandem_register_total", "outcome" => "query")
+                            .increment(1);
+                        Outcome::Respond(ok)
+                    }
+                    Some(pending) => {
+                        metrics::counter!("tandem_register_total", "outcome" => "ok").increment(1);
+                        Outcome::AfterCommit(ok, pending)
+                    }
                 }
             }
             Err(e) => {

@@ -10,8 +10,10 @@ pub mod memory;
 pub mod sqlite;
 
 use crate::location::{Binding, UnixMs};
+use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,6 @@ type Callback = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// What happens once a job's transaction committed (or failed).
 enum Done {
     Nothing,
-    Notify(oneshot::Sender<Result<(), String>>),
     /// Runs on the writer task right after the commit: the hot path uses this to
     /// send the 200 OK without a task switch per REGISTER.
     Call(Callback),
@@ -61,17 +62,6 @@ struct Job {
 #[derive(Clone)]
 pub struct StoreWriter {
     tx: mpsc::UnboundedSender<Job>,
-}
-
-/// Resolves when the submitted changes are committed.
-pub struct Ticket(oneshot::Receiver<Result<(), String>>);
-
-impl Ticket {
-    pub async fn wait(self) -> Result<(), String> {
-        self.0
-            .await
-            .unwrap_or_else(|_| Err("store writer stopped".into()))
-    }
 }
 
 impl StoreWriter {
@@ -111,25 +101,12 @@ impl StoreWriter {
                 for j in jobs.drain(..) {
                     match j.done {
                         Done::Nothing => {}
-                        Done::Notify(tx) => {
-                            let _ = tx.send(result.clone());
-                        }
                         Done::Call(f) => f(result.clone()),
                     }
                 }
             }
         });
         (StoreWriter { tx }, handle)
-    }
-
-    /// Queues changes and returns a ticket resolved on commit.
-    pub fn submit(&self, ops: Vec<StoreOp>) -> Ticket {
-        let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Job {
-            ops,
-            done: Done::Notify(done),
-        });
-        Ticket(rx)
     }
 
     /// Queues changes; `then` runs on the writer task once they are committed (or
@@ -149,6 +126,24 @@ impl StoreWriter {
         }
     }
 
+    /// Queues changes now; what to do after the commit is attached later through
+    /// the returned [`PendingCommit`].
+    pub fn submit_pending(&self, ops: Vec<StoreOp>) -> PendingCommit {
+        let slot = Arc::new(Mutex::new(Slot::Waiting));
+        let done = slot.clone();
+        self.submit_then(ops, move |r| {
+            let mut s = done.lock();
+            match std::mem::replace(&mut *s, Slot::Finished) {
+                Slot::Then(f) => {
+                    drop(s);
+                    f(r);
+                }
+                _ => *s = Slot::Committed(r),
+            }
+        });
+        PendingCommit(slot)
+    }
+
     /// Queues changes nobody waits for (expiry purges).
     pub fn submit_detached(&self, ops: Vec<StoreOp>) {
         if !ops.is_empty() {
@@ -160,21 +155,40 @@ impl StoreWriter {
     }
 }
 
-/// Changes the registrar made in memory and that must be durable before the answer.
-pub struct PendingCommit {
-    pub writer: StoreWriter,
-    pub ops: Vec<StoreOp>,
+/// Changes already queued to the writer (in the same order as the in-memory
+/// table changed: they are submitted under its lock), whose answer waits for the
+/// commit. The continuation may be attached before or after the commit happens.
+pub struct PendingCommit(Arc<Mutex<Slot>>);
+
+enum Slot {
+    Waiting,
+    Committed(Result<(), String>),
+    Then(Callback),
+    Finished,
 }
 
 impl PendingCommit {
-    /// Commits, then calls `then` on the writer task.
+    /// Runs `then` once the changes are committed (on the writer task), or at once
+    /// if they already are.
     pub fn then(self, then: impl FnOnce(Result<(), String>) + Send + 'static) {
-        self.writer.submit_then(self.ops, then)
+        let mut slot = self.0.lock();
+        match std::mem::replace(&mut *slot, Slot::Finished) {
+            Slot::Committed(r) => {
+                drop(slot);
+                then(r);
+            }
+            _ => *slot = Slot::Then(Box::new(then)),
+        }
     }
 
-    /// Commits and waits.
+    /// Waits for the commit.
     pub async fn wait(self) -> Result<(), String> {
-        self.writer.submit(self.ops).wait().await
+        let (tx, rx) = oneshot::channel();
+        self.then(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err("store writer stopped".into()))
     }
 }
 
@@ -186,4 +200,29 @@ pub async fn open(cfg: &crate::config::Config) -> Result<Box<dyn BindingStore>, 
         }
         crate::config::StoreBackend::Memory => Box::new(memory::MemoryStore::default()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn continuation_runs_whether_attached_before_or_after_the_commit() {
+        let (w, _task) = StoreWriter::spawn(Box::new(memory::MemoryStore::default()), 16);
+        let op = || StoreOp::Delete {
+            aor: "sip:a@h".into(),
+            key: "k".into(),
+        };
+        // attached at once: most likely before the writer committed
+        assert_eq!(w.submit_pending(vec![op()]).wait().await, Ok(()));
+        // attached after the commit surely happened
+        let p = w.submit_pending(vec![op()]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        p.then(move |r| tx.send(r).unwrap());
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(),
+            Ok(())
+        );
+    }
 }

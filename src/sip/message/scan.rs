@@ -162,7 +162,24 @@ pub fn params<'a>(sc: &mut Scanner<'a>) -> Option<Vec<(&'a str, Option<&'a str>)
         }
         let name = sc.token()?;
         let value = if sc.eat(b'=') {
-            Some(param_value(sc)?)
+            // RFC 3261 §20.42: `via-received = "received" EQUAL (IPv4address /
+            // IPv6address)`, an IPv6 address without brackets (RFC 5118 §4.5)
+            if name.eq_ignore_ascii_case("received")
+                && !matches!(sc.peek(), Some(b'[' | b'"'))
+                && sc
+                    .rest()
+                    .bytes()
+                    .take_while(|c| *c != b';')
+                    .any(|c| c == b':')
+            {
+                let v = sc.take_while(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
+                if v.is_empty() {
+                    return None;
+                }
+                Some(v)
+            } else {
+                Some(param_value(sc)?)
+            }
         } else {
             None
         };
@@ -232,6 +249,12 @@ mod tests {
         );
         let mut sc = Scanner::new(";;");
         assert!(params(&mut sc).is_none());
+        // an IPv6 `received` has no brackets (RFC 3261 §20.42)
+        let mut sc = Scanner::new(";received=2001:db8::9:1;rport=5;branch=z9hG4bKx");
+        let p = params(&mut sc).unwrap();
+        assert_eq!(p[0], ("received", Some("2001:db8::9:1")));
+        assert_eq!(p[1], ("rport", Some("5")));
+        assert!(sc.at_end());
     }
 
     #[test]

@@ -130,7 +130,11 @@ async fn connection(
                 }
             }
         }
-        let wait = if buf.is_empty() {
+        // CRLFs before a start line are ignored (RFC 3261 §7.5): a lone CRLF, or the
+        // start of a ping, leaves the connection idle rather than mid-message.
+        let idle = buf.is_empty() || b"\r\n\r\n".starts_with(&buf);
+        let wait = if idle {
+            deadline = None;
             limits.idle_timeout
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + limits.message_timeout);
@@ -140,7 +144,7 @@ async fn connection(
             buf.reserve(8192);
         }
         match tokio::time::timeout(wait, rd.read_buf(&mut buf)).await {
-            Err(_) if buf.is_empty() => return Err(CloseReason::Idle),
+            Err(_) if idle => return Err(CloseReason::Idle),
             Err(_) => return Err(CloseReason::Slow),
             Ok(Ok(0)) => return Err(CloseReason::Eof),
             Ok(Ok(_)) => {}
