@@ -209,10 +209,10 @@ impl Config {
             let at = inner
                 .span()
                 .map(|s| {
-                    format!(
-                        " (line {})",
-                        text[..s.start.min(text.len())].lines().count().max(1)
-                    )
+                    // 1-based line of the span's start (counting newlines before it:
+                    // `lines()` would miss the line a span starts at the beginning of)
+                    let before = text.get(..s.start.min(text.len())).unwrap_or(text);
+                    format!(" (line {})", before.matches('\n').count() + 1)
                 })
                 .unwrap_or_default();
             ConfigError {
@@ -351,6 +351,7 @@ mod tests {
         assert_eq!(e.file, "x.toml");
         assert!(e.key.contains("sip"), "{e}");
         assert!(e.reason.contains("udpp"), "{e}");
+        assert!(e.reason.ends_with("(line 2)"), "{e}");
     }
 
     #[test]
