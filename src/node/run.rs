@@ -54,6 +54,9 @@ impl RunningNode {
 }
 
 pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
+    // The recorder must exist before the first metric (the bindings gauge below):
+    // values emitted earlier go nowhere and a fresh node would show no gauge.
+    crate::admin::prometheus();
     let mut store = store::open(&cfg).await?;
     let now = now_ms();
     let bindings = store.load_bindings(now).await?;
