@@ -241,7 +241,9 @@ async fn retransmitted_request_gets_the_same_answer() {
 /// (Timer G) until the ACK arrives, and not after.
 #[tokio::test]
 async fn invite_final_response_is_retransmitted_until_ack() {
-    let n = TestNode::start("authenticate = false", "t1_ms = 100").await;
+    // T1 100 ms, T2 200 ms: unacknowledged, the 404 comes every 200 ms at most
+    // until Timer H (64*T1 = 6.4 s)
+    let n = TestNode::start("authenticate = false", "t1_ms = 100\nt2_ms = 200").await;
     let c = UdpClient::new(n.udp()).await;
     let nobody = format!("sip:nobody@{}", n.udp());
     let via = format!(
@@ -259,13 +261,17 @@ async fn invite_final_response_is_retransmitted_until_ack() {
     let ack = req_via("ACK", &nobody, &via, "uas-timer-g", "")
         .replace("To: <sip:target@127.0.0.1>", &format!("To: {to}"));
     c.send(ack.as_bytes()).await;
-    // one retransmission may have crossed the ACK; after that, silence
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    while c.recv(Duration::from_millis(10)).await.is_some() {}
-    assert!(
-        c.recv(Duration::from_millis(1500)).await.is_none(),
-        "final response still retransmitted after the ACK"
-    );
+    // retransmissions that crossed the ACK may still arrive; then a quiet second
+    // (five retransmission intervals) must follow, well before Timer H
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut quiet = false;
+    while tokio::time::Instant::now() < deadline {
+        if c.recv(Duration::from_secs(1)).await.is_none() {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "final response still retransmitted after the ACK");
 }
 
 // ---- where responses go (RFC 3261 §18.2.2, RFC 3581) ----
