@@ -31,8 +31,11 @@ impl SqliteStore {
     }
 }
 
-/// 13 columns × 500 rows stays under SQLite's limit of 32,766 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per statement: a few statements per batch, while each statement's argument
+/// vector (13 per row) stays small enough to be reused from the allocator's free
+/// lists; at 500 rows the vectors came fresh from the OS every batch and page
+/// faults cost ~8 % of the CPU of a REGISTER load.
+const ROWS_PER_STATEMENT: usize = 64;
 
 const UPSERT_HEAD: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node) ";
 
