@@ -103,7 +103,7 @@ impl Registrar {
             metrics::counter!("tandem_register_total", "outcome" => "invalid_aor").increment(1);
             return reason(fail(400), "Invalid AOR");
         }
-        if !self.domains.is_empty() && !self.domains.iter().any(|d| *d == to.uri.host) {
+        if !self.domains.is_empty() && !self.domains.contains(&to.uri.host) {
             metrics::counter!("tandem_register_total", "outcome" => "foreign_domain").increment(1);
             return reason(fail(404), "Domain Not Served");
         }
