@@ -126,11 +126,13 @@ impl Registrar {
         let contacts = {
             let mut all: Vec<NameAddr> = Vec::new();
             let mut wildcard = false;
-            for v in req.headers.get_all(&HeaderName::Contact) {
-                match Contacts::parse(v) {
-                    Some(Contacts::Wildcard) => wildcard = true,
-                    Some(Contacts::List(l)) => all.extend(l),
-                    None => return reason(fail(400), "Malformed Contact"),
+            let Some(fields) = req.contacts() else {
+                return reason(fail(400), "Malformed Contact");
+            };
+            for c in fields {
+                match c {
+                    Contacts::Wildcard => wildcard = true,
+                    Contacts::List(l) => all.extend(l.iter().cloned()),
                 }
             }
             match (wildcard, all.is_empty()) {

@@ -20,6 +20,7 @@ pub use values::{CSeq, Contacts, NameAddr, Via};
 
 use bytes::Bytes;
 use std::fmt;
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -95,7 +96,29 @@ pub struct Request {
     pub uri: Uri,
     pub headers: Headers,
     pub body: Bytes,
+    /// Typed views of From, To, CSeq and Contact, parsed on first use: validation,
+    /// the transaction key, the registrar and the response builder all need them.
+    /// Those headers are never changed after parsing (only the top Via is).
+    pub(crate) parsed: ParsedHeaders,
 }
+
+/// Lazily parsed header values; `None` inside means the header is absent or malformed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ParsedHeaders {
+    from: OnceLock<Option<NameAddr>>,
+    to: OnceLock<Option<NameAddr>>,
+    cseq: OnceLock<Option<CSeq>>,
+    contacts: OnceLock<Option<Vec<Contacts>>>,
+}
+
+/// A cache of values derived from the headers: equal requests have equal caches.
+impl PartialEq for ParsedHeaders {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ParsedHeaders {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -122,16 +145,38 @@ impl Request {
         Via::parse_all(first)?.into_iter().next()
     }
 
-    pub fn cseq(&self) -> Option<CSeq> {
-        CSeq::parse(self.headers.get(&HeaderName::CSeq)?)
+    pub fn cseq(&self) -> Option<&CSeq> {
+        self.parsed
+            .cseq
+            .get_or_init(|| CSeq::parse(self.headers.get(&HeaderName::CSeq)?))
+            .as_ref()
     }
 
-    pub fn from(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.headers.get(&HeaderName::From)?)
+    pub fn from(&self) -> Option<&NameAddr> {
+        self.parsed
+            .from
+            .get_or_init(|| NameAddr::parse(self.headers.get(&HeaderName::From)?))
+            .as_ref()
     }
 
-    pub fn to(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.headers.get(&HeaderName::To)?)
+    pub fn to(&self) -> Option<&NameAddr> {
+        self.parsed
+            .to
+            .get_or_init(|| NameAddr::parse(self.headers.get(&HeaderName::To)?))
+            .as_ref()
+    }
+
+    /// Every Contact header field value, parsed; `None` if any is malformed.
+    pub fn contacts(&self) -> Option<&[Contacts]> {
+        self.parsed
+            .contacts
+            .get_or_init(|| {
+                self.headers
+                    .get_all(&HeaderName::Contact)
+                    .map(Contacts::parse)
+                    .collect()
+            })
+            .as_deref()
     }
 
     pub fn call_id(&self) -> Option<&str> {

@@ -174,6 +174,7 @@ fn parse_request_line(line: &str, headers: Headers, body: Bytes) -> Result<Reque
         uri,
         headers,
         body,
+        parsed: Default::default(),
     })
 }
 

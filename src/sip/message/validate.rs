@@ -3,7 +3,7 @@
 //! message as a whole; this checks the headers the core relies on.
 
 use super::header::HeaderName;
-use super::values::{self, CSeq, Contacts, NameAddr, Via};
+use super::values::{self, Contacts, Via};
 use super::{Method, Request};
 
 /// A request that must be refused, with the status and reason phrase to send.
@@ -52,18 +52,14 @@ pub fn validate_request(req: &Request) -> Result<(), Rejection> {
     if call_id.is_empty() || call_id.contains([' ', '\t']) {
         return Err(bad("Malformed Call-ID"));
     }
-    NameAddr::parse(
-        h.get(&HeaderName::From)
-            .ok_or_else(|| bad("Missing From"))?,
-    )
-    .ok_or_else(|| bad("Malformed From"))?;
-    NameAddr::parse(h.get(&HeaderName::To).ok_or_else(|| bad("Missing To"))?)
-        .ok_or_else(|| bad("Malformed To"))?;
-    let cseq = CSeq::parse(
-        h.get(&HeaderName::CSeq)
-            .ok_or_else(|| bad("Missing CSeq"))?,
-    )
-    .ok_or_else(|| bad("Malformed CSeq"))?;
+    h.get(&HeaderName::From)
+        .ok_or_else(|| bad("Missing From"))?;
+    req.from().ok_or_else(|| bad("Malformed From"))?;
+    h.get(&HeaderName::To).ok_or_else(|| bad("Missing To"))?;
+    req.to().ok_or_else(|| bad("Malformed To"))?;
+    h.get(&HeaderName::CSeq)
+        .ok_or_else(|| bad("Missing CSeq"))?;
+    let cseq = req.cseq().ok_or_else(|| bad("Malformed CSeq"))?;
     // RFC 3261 §8.2: a CSeq method that differs from the request method is malformed;
     // for a method we do not implement, 501 is the better answer (RFC 4475 `mismatch02`).
     // ACK and CANCEL carry the INVITE's number with their own method, so the rule holds.
@@ -82,9 +78,9 @@ pub fn validate_request(req: &Request) -> Result<(), Rejection> {
     if let Some(e) = h.get(&HeaderName::Expires) {
         values::parse_scalar(e, u32::MAX as u64).ok_or_else(|| bad("Malformed Expires"))?;
     }
-    for c in h.get_all(&HeaderName::Contact) {
-        if let Contacts::List(list) = Contacts::parse(c).ok_or_else(|| bad("Malformed Contact"))? {
-            for na in &list {
+    for c in req.contacts().ok_or_else(|| bad("Malformed Contact"))? {
+        if let Contacts::List(list) = c {
+            for na in list {
                 if let Some(e) = values::param(&na.params, "expires") {
                     values::parse_scalar(e.unwrap_or(""), u32::MAX as u64)
                         .ok_or_else(|| bad("Malformed Contact expires"))?;
