@@ -38,8 +38,9 @@ fn unsupported(req: &Request, names: &[HeaderName]) -> Vec<String> {
 }
 
 pub fn route(node: &Node, req: &Request) -> Route {
-    let tag = new_tag();
-    let respond = |status| response_to(req, status, Some(&tag));
+    // Each answer is final, so a fresh To tag per response is right (and costs
+    // nothing on the REGISTER path, which answers elsewhere).
+    let respond = |status| response_to(req, status, Some(&new_tag()));
     // §8.2.2.1 / §16.3 step 2: a scheme Tandem cannot serve (RFC 4475 `unkscm`, `novelsc`).
     if matches!(req.uri.scheme, Scheme::Other(_)) {
         return Route::Respond(respond(416));
