@@ -114,7 +114,7 @@ fn cancel(node: &Node, req: &Request, respond: impl Fn(u16) -> Response) -> Resp
     let Some(via) = req.top_via() else {
         return respond(400);
     };
-    let key = super::TxKey::for_request(req, &via, "INVITE");
+    let key = crate::sip::transaction::key::TxKey::for_request(req, &via, "INVITE");
     if node.transactions.lock().contains(&key) {
         respond(200)
     } else {

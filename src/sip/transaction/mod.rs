@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 pub mod client;
+pub mod key;
 pub mod server;
 pub mod table;
 
