@@ -32,6 +32,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// Route patterns of the dial plan (`[[routes]]`), see `docs/dial-plan.md`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     /// Directory of the config file; relative paths in it are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -184,6 +187,20 @@ pub struct UserConfig {
     pub password: String,
 }
 
+/// One route pattern of the dial plan (`docs/dial-plan.md`): dialed numbers that
+/// match `pattern` go to `gateway_group`, translated (part before `.` stripped, then
+/// `strip` more leading digits, then `prefix` prepended).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub pattern: String,
+    pub gateway_group: String,
+    #[serde(default)]
+    pub strip: u32,
+    #[serde(default)]
+    pub prefix: String,
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -311,6 +328,7 @@ impl Config {
                 ));
             }
         }
+        crate::routing::DialPlan::new(self.routes.clone()).map_err(|e| err(&e.key(), e.reason))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| err("log.level", format!("invalid filter: {e}")))?;
         Ok(())
@@ -363,5 +381,60 @@ mod tests {
         let e = Config::from_toml("[[users]]\nusername = \"a\"\npassword = \"\"\n", "x.toml")
             .unwrap_err();
         assert_eq!(e.key, "users[0].password");
+    }
+
+    #[test]
+    fn commented_route_example_is_valid() {
+        // uncommenting the [[routes]] example of the default config gives a valid route
+        let text = include_str!("../config/tandem.toml");
+        let start = text.find("# [[routes]]").expect("example present");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::from_toml(&example, "example").unwrap();
+        assert_eq!(
+            cfg.routes,
+            vec![RouteConfig {
+                pattern: "9.!".into(),
+                gateway_group: "pstn".into(),
+                strip: 0,
+                prefix: "".into(),
+            }]
+        );
+        let default = Config::from_toml(text, "config/tandem.toml").unwrap();
+        assert!(default.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_are_parsed_and_validated() {
+        let cfg = Config::from_toml(
+            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
+             [[routes]]\npattern = \"911\"\ngateway_group = \"e\"\nstrip = 3\nprefix = \"+1911\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.routes.len(), 2);
+        assert_eq!(cfg.routes[0].strip, 0);
+        assert_eq!(cfg.routes[0].prefix, "");
+        assert_eq!(cfg.routes[1].prefix, "+1911");
+        let e = Config::from_toml(
+            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
+             [[routes]]\npattern = \"[9-2]X\"\ngateway_group = \"pstn\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[1].pattern");
+        assert!(e.reason.contains("bad range"), "{e}");
+        let e = Config::from_toml(
+            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\nstrp = 1\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.key.starts_with("routes"), "{e}");
+        assert!(e.reason.contains("strp"), "{e}");
+        let e = Config::from_toml("[[routes]]\npattern = \"9.!\"\n", "x.toml").unwrap_err();
+        assert!(e.reason.contains("gateway_group"), "{e}");
     }
 }

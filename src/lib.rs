@@ -7,5 +7,6 @@ pub mod config;
 pub mod location;
 pub mod node;
 pub mod registrar;
+pub mod routing;
 pub mod sip;
 pub mod store;
