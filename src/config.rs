@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub calls: CallsConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -162,6 +164,30 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: "127.0.0.1:9060".parse().unwrap(),
+        }
+    }
+}
+
+/// The call-state table and CDRs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// CDR file (one JSON line per finished call), relative to the config file's
+    /// directory. `None`: no CDRs.
+    pub cdr_file: Option<PathBuf>,
+    /// How long a finished call stays visible in `GET /calls`.
+    pub linger_secs: u64,
+    /// Most calls in the table (active and lingering); when every one is active,
+    /// new INVITEs get 503.
+    pub max_calls: usize,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            cdr_file: None,
+            linger_secs: 300,
+            max_calls: 100_000,
         }
     }
 }
@@ -302,6 +328,20 @@ impl Config {
         if self.store.batch_max == 0 {
             return Err(err("store.batch_max", "must be > 0".into()));
         }
+        if self.calls.max_calls == 0 {
+            return Err(err("calls.max_calls", "must be > 0".into()));
+        }
+        if self
+            .calls
+            .cdr_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(err(
+                "calls.cdr_file",
+                "must not be empty (leave it out for no CDRs)".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             if u.username.is_empty()
@@ -342,6 +382,16 @@ impl Config {
             self.base_dir.join(&self.store.path)
         }
     }
+
+    /// The CDR file, resolved against the config file's directory; `None`: no CDRs.
+    pub fn cdr_path(&self) -> Option<PathBuf> {
+        let p = self.calls.cdr_file.as_ref()?;
+        Some(if p.is_absolute() {
+            p.clone()
+        } else {
+            self.base_dir.join(p)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +431,28 @@ mod tests {
         let e = Config::from_toml("[[users]]\nusername = \"a\"\npassword = \"\"\n", "x.toml")
             .unwrap_err();
         assert_eq!(e.key, "users[0].password");
+    }
+
+    #[test]
+    fn calls_section() {
+        let cfg = Config::from_toml("", "x.toml").unwrap();
+        assert_eq!(cfg.calls.cdr_file, None);
+        assert_eq!(cfg.cdr_path(), None);
+        assert_eq!((cfg.calls.linger_secs, cfg.calls.max_calls), (300, 100_000));
+        let mut cfg = Config::from_toml(
+            "[calls]\ncdr_file = \"cdr.jsonl\"\nlinger_secs = 5\nmax_calls = 7\n",
+            "x.toml",
+        )
+        .unwrap();
+        cfg.base_dir = PathBuf::from("/etc/tandem");
+        assert_eq!(cfg.cdr_path(), Some(PathBuf::from("/etc/tandem/cdr.jsonl")));
+        assert_eq!((cfg.calls.linger_secs, cfg.calls.max_calls), (5, 7));
+        let e = Config::from_toml("[calls]\nmax_calls = 0\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "calls.max_calls");
+        let e = Config::from_toml("[calls]\ncdr_file = \"\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "calls.cdr_file");
+        let e = Config::from_toml("[calls]\ncdr = \"x\"\n", "x.toml").unwrap_err();
+        assert!(e.key.contains("calls"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod config;
 pub mod location;
 pub mod node;
+pub mod proxy;
 pub mod registrar;
 pub mod routing;
 pub mod sip;

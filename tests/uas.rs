@@ -184,19 +184,10 @@ async fn bye_cancel_ack_without_dialog_or_transaction() {
 async fn invite_to_users_and_cancel_of_a_live_transaction() {
     let n = TestNode::open().await;
     let c = UdpClient::new(n.udp()).await;
-    let r = c
-        .request(&register(
-            c.port(),
-            "bob",
-            "uas-reg-bob",
-            1,
-            "Contact: <sip:bob@127.0.0.1:5999>\r\n",
-        ))
-        .await;
-    assert_eq!(status(&r), 200, "{r}");
-    let bob = format!("sip:bob@{}", n.udp());
-    let r = c.request(&req(&c, "INVITE", &bob, "")).await;
-    assert_eq!(status(&r), 480, "registered user: {r}");
+    // a configured user with no binding: 480 (RFC 3261 §16.5, §21.4.18)
+    let alice = format!("sip:alice@{}", n.udp());
+    let r = c.request(&req(&c, "INVITE", &alice, "")).await;
+    assert_eq!(status(&r), 480, "known user without binding: {r}");
     let nobody = format!("sip:nobody@{}", n.udp());
     let via = format!(
         "SIP/2.0/UDP 127.0.0.1:{};rport;branch={}",

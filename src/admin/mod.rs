@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/health` (JSON) and `/metrics` (Prometheus text).
+//! The admin HTTP listener: `/health` (JSON), `/metrics` (Prometheus text) and
+//! `/calls` (the call-state table as JSON).
 
 use crate::node::Node;
 use axum::extract::State;
@@ -6,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -14,7 +15,16 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the process-wide Prometheus recorder (once; later calls reuse it).
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms with buckets render as Prometheus histograms, others as summaries.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("tandem_call_setup_seconds".into()),
+                &[
+                    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
+                ],
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder is installed (e.g. by a test harness).
         let _ = metrics::set_global_recorder(recorder);
@@ -66,12 +76,29 @@ fn describe() {
         "tandem_store_batch_size",
         "Binding changes per store transaction (group commit)"
     );
+    describe_gauge!(
+        "tandem_calls_active",
+        "Calls in the call-state table not yet ended (trying, early, confirmed)"
+    );
+    describe_counter!(
+        "tandem_call_attempts_total",
+        "Routed INVITEs by outcome (answered, rejected, cancelled, timeout, failed)"
+    );
+    describe_histogram!(
+        "tandem_call_setup_seconds",
+        "Time from INVITE to answer of answered calls"
+    );
+    describe_counter!(
+        "tandem_cdrs_dropped_total",
+        "Finished calls dropped before a CDR was written (queue full)"
+    );
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
     let handle = prometheus().clone();
     let app = Router::new()
         .route("/health", get(health))
+        .route("/calls", get(calls))
         .route(
             "/metrics",
             get(move || {
@@ -100,4 +127,19 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
+}
+
+/// `GET /calls`: `{"calls":[…]}`, active calls first (oldest first), then calls
+/// that ended within `calls.linger_secs` (most recent first). See
+/// [`crate::proxy::calls::Call`] for the fields; timestamps are Unix milliseconds.
+async fn calls(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    // copy under the lock, serialize after releasing it
+    let calls = node.calls().lock().snapshot();
+    #[derive(serde::Serialize)]
+    struct Body {
+        calls: Vec<crate::proxy::calls::Call>,
+    }
+    // cannot fail: plain structs with string keys
+    let body = serde_json::to_string(&Body { calls }).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }

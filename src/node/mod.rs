@@ -7,6 +7,8 @@ mod uas;
 
 use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::location::now_ms;
+use crate::proxy::calls::CallTable;
+use crate::proxy::stateful::{Action, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::{Outcome, Registrar};
 use crate::sip::message::build::{
     new_tag, raw_top_via, response_to, stateless_error, udp_response_dest,
@@ -22,15 +24,21 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use tracing::{debug, instrument};
 
 pub struct Node {
     registrar: Registrar,
     admission: Box<dyn Admission>,
     transactions: Mutex<ServerTransactions<TxKey>>,
-    /// Where to retransmit INVITE final responses (Timer G); UDP only, few entries.
+    /// Where to send responses that are produced later than the request's handling:
+    /// INVITE final responses (Timer G) and every proxied request's answers.
     invite_targets: Mutex<HashMap<TxKey, (Replier, SocketAddr)>>,
+    calls: Arc<Mutex<CallTable>>,
+    proxy: Mutex<Proxy>,
+    /// The UDP socket requests are forwarded from (the first UDP listener).
+    outbound: OnceLock<Arc<tokio::net::UdpSocket>>,
 }
 
 /// The transports' handler: a cheap clone of the node.
@@ -121,13 +129,183 @@ impl Node {
         admission: Box<dyn Admission>,
         timers: TimerConfig,
         max_transactions: usize,
+        max_calls: usize,
     ) -> Node {
         Node {
             registrar,
             admission,
             transactions: Mutex::new(ServerTransactions::new(timers, max_transactions)),
             invite_targets: Mutex::new(HashMap::new()),
+            calls: Arc::new(Mutex::new(CallTable::new(max_calls))),
+            proxy: Mutex::new(Proxy::new(ProxyConfig {
+                local: SocketAddr::from(([127, 0, 0, 1], 5060)),
+                timers,
+                timer_c: Duration::from_secs(180),
+            })),
+            outbound: OnceLock::new(),
         }
+    }
+
+    /// The call-state table (read by `GET /calls`, fed by the proxy).
+    pub fn calls(&self) -> &Arc<Mutex<CallTable>> {
+        &self.calls
+    }
+
+    /// Sets the socket and address requests are forwarded from (Via, Record-Route).
+    pub fn set_outbound(&self, sock: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
+        self.proxy.lock().set_local(local);
+        let _ = self.outbound.set(sock);
+    }
+
+    pub(crate) fn proxy_owns_route(&self, route: &str) -> bool {
+        self.outbound.get().is_some() && self.proxy.lock().is_own_route(route)
+    }
+
+    /// Cancels a proxied INVITE; false if `invite` is not being proxied.
+    pub(crate) fn proxy_cancel(&self, invite: &TxKey) -> bool {
+        let ours = self.proxy.lock().cancel(Instant::now(), invite);
+        if ours {
+            self.run_proxy_actions();
+        }
+        ours
+    }
+
+    /// Carries out what the proxy asked for.
+    fn run_proxy_actions(&self) {
+        let actions: Vec<Action> = {
+            let mut p = self.proxy.lock();
+            std::iter::from_fn(|| p.poll_action()).collect()
+        };
+        for a in actions {
+            match a {
+                Action::Send { to, bytes } => {
+                    if let Some(sock) = self.outbound.get() {
+                        Replier::Udp(sock.clone()).send(to, bytes);
+                    }
+                }
+                Action::Respond {
+                    server,
+                    status,
+                    bytes,
+                } => {
+                    let sent = self.transactions.lock().send_response(
+                        Instant::now(),
+                        &server,
+                        status,
+                        bytes,
+                    );
+                    metrics::counter!("tandem_sip_responses_total", "method" => if server.is_invite() { "INVITE" } else { "other" }, "status" => status_label(status)).increment(1);
+                    match sent {
+                        Ok(b) => {
+                            if let Some((reply, dest)) = self.invite_targets.lock().get(&server) {
+                                reply.send(*dest, b);
+                            }
+                        }
+                        Err(e) => debug!(error = %e, status, "proxied response not sent"),
+                    }
+                }
+                Action::Answered { .. } | Action::Provisional { .. } | Action::Failed { .. } => {}
+            }
+        }
+    }
+
+    /// A new request for a user (§16): digit analysis, then the stateful proxy.
+    fn forward(&self, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
+        let now_wall = now_ms();
+        let aor = req.uri.aor_key();
+        let bindings = self.registrar.location().lookup(&aor, now_wall);
+        // Phones are reached where their REGISTER came from (NAT-friendly), over UDP.
+        let targets: Vec<Target> = bindings
+            .iter()
+            .filter_map(|b| {
+                let addr = b.source.strip_prefix("udp:")?.parse().ok()?;
+                Some(Target {
+                    uri: b.contact.clone(),
+                    dest: addr,
+                    gateway: None,
+                })
+            })
+            .collect();
+        if targets.is_empty() || self.outbound.get().is_none() {
+            let user = req.uri.user_unescaped().unwrap_or_default();
+            let status = if !bindings.is_empty() || self.registrar.is_user(&user) {
+                480
+            } else {
+                404
+            };
+            let r = response_to(&req, status, Some(&new_tag()));
+            return self.respond(&key, &req, src, dest, r);
+        }
+        self.invite_targets
+            .lock()
+            .insert(key.clone(), (src.reply.clone(), dest));
+        // Dialog-creating requests are record-routed so the dialog passes through.
+        let record_route = matches!(
+            req.method,
+            Method::Invite | Method::Subscribe | Method::Refer
+        );
+        self.proxy.lock().forward(
+            Instant::now(),
+            key,
+            req,
+            Plan::Parallel(targets),
+            record_route,
+        );
+        self.run_proxy_actions();
+    }
+
+    /// A request inside a record-routed dialog (§16.4, §16.12): pop our Route and
+    /// send it on to the next Route or the Request-URI.
+    fn forward_in_dialog(
+        &self,
+        key: Option<TxKey>,
+        mut req: Request,
+        src: &Source,
+        dest: SocketAddr,
+    ) {
+        pop_top_route(&mut req.headers);
+        let next = req
+            .headers
+            .get(&HeaderName::Route)
+            .and_then(|r| {
+                crate::sip::message::scan::split_commas(r)
+                    .and_then(|p| p.first().map(|s| s.to_string()))
+            })
+            .and_then(|r| crate::sip::message::NameAddr::parse(&r).map(|n| n.uri))
+            .unwrap_or_else(|| req.uri.clone());
+        let host = next.host.trim_start_matches('[').trim_end_matches(']');
+        let Some(next_hop) = host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, next.port.unwrap_or(5060)))
+        else {
+            if let Some(key) = key {
+                let r = response_to(&req, 404, Some(&new_tag()));
+                self.respond(&key, &req, src, dest, r);
+            }
+            return;
+        };
+        match key {
+            None => self.proxy.lock().forward_stateless(req, next_hop),
+            Some(key) => {
+                self.invite_targets
+                    .lock()
+                    .insert(key.clone(), (src.reply.clone(), dest));
+                let target = Target {
+                    uri: req.uri.as_str().to_string(),
+                    dest: next_hop,
+                    gateway: None,
+                };
+                self.proxy.lock().forward(
+                    Instant::now(),
+                    key,
+                    req,
+                    Plan::Parallel(vec![target]),
+                    false,
+                );
+            }
+        }
+        self.run_proxy_actions();
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -160,7 +338,11 @@ impl Node {
         match msg {
             Message::Request(req) => self.handle_request(this, req, src),
             Message::Response(resp) => {
-                // No client transactions yet: a response that matches none is dropped
+                if self.proxy.lock().on_response(Instant::now(), &resp, data) {
+                    self.run_proxy_actions();
+                    return;
+                }
+                // A response that matches no client transaction is dropped
                 // (RFC 3261 §18.1.2; RFC 4475 `unreason`, `bcast`).
                 metrics::counter!("tandem_sip_stray_responses_total").increment(1);
                 debug!(source = %src, status = resp.status, "response matches no transaction; dropped");
@@ -201,10 +383,19 @@ impl Node {
         };
         if req.method == Method::Ack {
             // An ACK for a non-2xx final response belongs to the INVITE transaction
-            // (§17.2.3); an ACK for a 2xx would go end to end, and there are no
-            // dialogs here yet, so it is dropped.
+            // (§17.2.3); an ACK for a 2xx goes end to end along the route set
+            // (§16.11: forwarded statelessly), or is dropped if it is not ours.
             let key = TxKey::for_request(&req, &via, "INVITE");
-            self.transactions.lock().handle_ack(now, &key);
+            if self.transactions.lock().handle_ack(now, &key) {
+                return;
+            }
+            let top_route = req.headers.get(&HeaderName::Route).and_then(|r| {
+                crate::sip::message::scan::split_commas(r)
+                    .and_then(|p| p.first().map(|s| s.to_string()))
+            });
+            if top_route.is_some_and(|r| self.proxy_owns_route(&r)) {
+                self.forward_in_dialog(None, req, &src, dest);
+            }
             return;
         }
         let (kind, method) = match req.method {
@@ -240,6 +431,8 @@ impl Node {
         match uas::route(self, &req) {
             uas::Route::Respond(r) => self.respond(&key, &req, &src, dest, r),
             uas::Route::Register => self.register(this, key, req, src, dest),
+            uas::Route::Forward => self.forward(key, req, &src, dest),
+            uas::Route::InDialog => self.forward_in_dialog(Some(key), req, &src, dest),
         }
     }
 
@@ -294,9 +487,6 @@ impl Node {
             Ok(b) => src.reply.send(dest, b),
             Err(e) => debug!(error = %e, "response not sent through transaction"),
         }
-        if resp.status >= 200 && req.method == Method::Invite && resp.status < 300 {
-            self.invite_targets.lock().remove(key);
-        }
     }
 
     fn send_stateless(&self, req: &Request, src: &Source, dest: SocketAddr, resp: Response) {
@@ -306,14 +496,19 @@ impl Node {
 
     /// Runs due transaction timers (Timer G retransmissions, H, I, J expiry).
     pub fn on_tick(&self) {
+        {
+            let mut p = self.proxy.lock();
+            if p.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+                p.handle_timeout(Instant::now());
+            }
+            metrics::gauge!("tandem_proxy_contexts").set(p.active() as f64);
+        }
+        self.run_proxy_actions();
         let mut out = Vec::new();
         {
             let mut t = self.transactions.lock();
             out.extend(t.handle_timeout(Instant::now()));
             metrics::gauge!("tandem_transactions_active").set(t.len() as f64);
-        }
-        if out.is_empty() {
-            return;
         }
         let mut targets = self.invite_targets.lock();
         for o in out {
@@ -377,4 +572,19 @@ fn status_label(s: u16) -> &'static str {
 /// A protocol label for a transport.
 pub fn protocol_label(p: Protocol) -> &'static str {
     p.as_str()
+}
+
+/// Removes the first Route value (ours), §16.4.
+fn pop_top_route(headers: &mut crate::sip::message::Headers) {
+    let Some(i) = headers.0.iter().position(|h| h.name == HeaderName::Route) else {
+        return;
+    };
+    let rest = crate::sip::message::scan::split_commas(&headers.0[i].value)
+        .map(|p| p[1..].join(", "))
+        .unwrap_or_default();
+    if rest.is_empty() {
+        headers.0.remove(i);
+    } else {
+        headers.0[i].value = rest;
+    }
 }

@@ -5,6 +5,7 @@ use super::{Node, NodeHandle};
 use crate::admission::AdmitAll;
 use crate::config::Config;
 use crate::location::{now_ms, LocationTable};
+use crate::proxy::cdr::CallsHousekeeping;
 use crate::registrar::Registrar;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::tcp::TcpLimits;
@@ -86,6 +87,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         Box::new(AdmitAll),
         timers,
         cfg.sip.max_transactions,
+        cfg.calls.max_calls,
     ));
     let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
     let mut tasks = Vec::new();
@@ -102,6 +104,10 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             addr: *addr,
             source,
         })?;
+        if udp_addrs.is_empty() {
+            // Requests are forwarded from the first UDP listener (Via, Record-Route).
+            node.set_outbound(sock.clone(), local);
+        }
         udp_addrs.push(local);
         tracing::info!(%local, "listening on UDP");
         // two receivers per socket so both cores parse when the load calls for it
@@ -152,6 +158,12 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     };
     tasks.push(tokio::spawn(transaction_timers(node.clone())));
     tasks.push(tokio::spawn(expire_bindings(location, writer)));
+    tasks.push(tokio::spawn(calls_housekeeping(CallsHousekeeping::new(
+        node.calls().clone(),
+        cfg.cdr_path(),
+        Duration::from_secs(cfg.calls.linger_secs),
+        cfg.calls.max_calls,
+    ))));
     Ok(RunningNode {
         node,
         udp: udp_addrs,
@@ -210,5 +222,17 @@ async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter) {
             metrics::counter!("tandem_bindings_expired_total").increment(gone.len() as u64);
             metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
         }
+    }
+}
+
+/// Once a second: drops calls that ended more than `calls.linger_secs` ago and
+/// appends the newly finished ones to the CDR file (errors are logged, the CDRs
+/// kept for the next try). When the task is aborted, dropping `h` writes the rest.
+async fn calls_housekeeping(mut h: CallsHousekeeping) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        h.tick(std::time::SystemTime::now());
     }
 }

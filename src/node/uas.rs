@@ -1,7 +1,6 @@
 //! Requests Tandem answers itself (RFC 3261 §8.2 and §16.3 checks, OPTIONS §11).
 
 use super::Node;
-use crate::location::now_ms;
 use crate::sip::message::build::{new_tag, response_to};
 use crate::sip::message::validate::max_forwards;
 use crate::sip::message::{HeaderName, Method, Request, Response, Scheme};
@@ -14,11 +13,10 @@ pub const SUPPORTED: &[&str] = &["path"];
 pub enum Route {
     Respond(Response),
     Register,
-}
-
-fn with_reason(mut r: Response, reason: &str) -> Response {
-    r.reason = reason.to_string();
-    r
+    /// A new request for a user: digit analysis and the stateful proxy.
+    Forward,
+    /// A request inside a dialog Tandem record-routed (its top Route is ours).
+    InDialog,
 }
 
 /// §8.2.2.3: option tags in `Require` (and, for requests Tandem would forward,
@@ -55,6 +53,27 @@ pub fn route(node: &Node, req: &Request) -> Route {
     if req.method == Method::Cancel {
         return Route::Respond(cancel(node, req, respond));
     }
+    // §16.4: a request whose top Route is this proxy follows the route set of a
+    // dialog Tandem record-routed.
+    if let Some(route) = req.headers.get(&HeaderName::Route) {
+        let top = crate::sip::message::scan::split_commas(route)
+            .and_then(|p| p.first().map(|s| s.to_string()))
+            .unwrap_or_default();
+        if node.proxy_owns_route(&top) {
+            if !unsupported(req, &[HeaderName::ProxyRequire]).is_empty() {
+                let mut r = respond(420);
+                r.headers.push(
+                    HeaderName::Unsupported,
+                    unsupported(req, &[HeaderName::ProxyRequire]).join(", "),
+                );
+                return Route::Respond(r);
+            }
+            if max_forwards(req) == 0 {
+                return Route::Respond(respond(483));
+            }
+            return Route::InDialog;
+        }
+    }
     // A request to a user is one Tandem would forward (as a proxy, once calls are
     // routed); a request to Tandem itself (no user part) it answers as a UAS.
     let would_forward = req.uri.user.is_some() && req.method != Method::Register;
@@ -90,20 +109,14 @@ pub fn route(node: &Node, req: &Request) -> Route {
         }
         Method::Bye => Route::Respond(respond(481)),
         _ => {
-            // Call routing arrives with the calls issue; until then a request for a
-            // user is answered from the location table: registered but not routable
-            // yet → 480, unknown → 404.
-            let aor = req.uri.aor_key();
-            let registered = !node
-                .registrar()
-                .location()
-                .lookup(&aor, now_ms())
-                .is_empty();
-            Route::Respond(if registered {
-                with_reason(respond(480), "Temporarily Unavailable")
+            // A new request for a user goes through digit analysis and the proxy;
+            // one inside a dialog Tandem is not part of has nowhere to go (§12.2.2).
+            let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
+            if in_dialog {
+                Route::Respond(respond(481))
             } else {
-                respond(404)
-            })
+                Route::Forward
+            }
         }
     }
 }
@@ -115,6 +128,11 @@ fn cancel(node: &Node, req: &Request, respond: impl Fn(u16) -> Response) -> Resp
         return respond(400);
     };
     let key = crate::sip::transaction::key::TxKey::for_request(req, &via, "INVITE");
+    // §16.10: a CANCEL for an INVITE being proxied cancels its branches; the
+    // branches' 487s make the INVITE's final answer.
+    if node.proxy_cancel(&key) {
+        return respond(200);
+    }
     if node.transactions.lock().contains(&key) {
         respond(200)
     } else {

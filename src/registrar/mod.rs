@@ -83,6 +83,11 @@ impl Registrar {
         }
     }
 
+    /// Whether `user` has an account (a known user without bindings gets 480, §16).
+    pub fn is_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     pub fn location(&self) -> &Arc<LocationTable> {
         &self.location
     }

@@ -36,3 +36,10 @@ impl TxKey {
         }
     }
 }
+
+impl TxKey {
+    /// Whether this is an INVITE server transaction.
+    pub fn is_invite(&self) -> bool {
+        &*self.method == "INVITE"
+    }
+}

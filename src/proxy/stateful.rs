@@ -1,0 +1,826 @@
+//! The stateful proxy core (RFC 3261 §16), sans-IO: it takes requests and
+//! responses with `now`, keeps one client transaction per branch, and produces
+//! actions the node carries out (send these bytes there; answer the server
+//! transaction with this response). Knows nothing of sockets or of the location
+//! table: the node resolves targets and hands them in.
+
+use crate::sip::message::build::SERVER;
+use crate::sip::message::validate::max_forwards;
+use crate::sip::message::{HeaderName, Method, Request, Response, Via};
+use crate::sip::transaction::client::{ClientEvent, ClientInvite, ClientNonInvite};
+use crate::sip::transaction::key::TxKey;
+use crate::sip::transaction::{Reliability, TimerConfig};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Where one branch goes: the Request-URI to put in the request and the address
+/// to send it to (for a registered phone: the address its REGISTER came from, so
+/// NAT'd phones are reached through their own binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub uri: String,
+    pub dest: SocketAddr,
+    /// The gateway's name when the target is a gateway.
+    pub gateway: Option<String>,
+}
+
+/// How the targets of one request are tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// All at once (forking to a user's bindings, RFC 3261 §16.6).
+    Parallel(Vec<Target>),
+    /// One after another while each fails with 503, 408 or a timeout (a gateway group).
+    Serial(Vec<Target>),
+}
+
+/// What the node must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send these bytes (a request downstream, or a stateless ACK).
+    Send { to: SocketAddr, bytes: Bytes },
+    /// Answer the server transaction `server` with this response.
+    Respond {
+        server: TxKey,
+        status: u16,
+        bytes: Bytes,
+    },
+    /// For the call-state table: a branch answered / the call failed.
+    Answered {
+        server: TxKey,
+        to_tag: String,
+        target: Target,
+    },
+    Provisional {
+        server: TxKey,
+        to_tag: Option<String>,
+    },
+    Failed {
+        server: TxKey,
+        status: u16,
+        cancelled: bool,
+    },
+}
+
+enum ClientTx {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+impl ClientTx {
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            ClientTx::Invite(t) => t.poll_timeout(),
+            ClientTx::NonInvite(t) => t.poll_timeout(),
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        match self {
+            ClientTx::Invite(t) => t.poll_transmit(),
+            ClientTx::NonInvite(t) => t.poll_transmit(),
+        }
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        match self {
+            ClientTx::Invite(t) => t.poll_event(),
+            ClientTx::NonInvite(t) => t.poll_event(),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            ClientTx::Invite(t) => t.handle_timeout(now),
+            ClientTx::NonInvite(t) => t.handle_timeout(now),
+        }
+    }
+    fn is_terminated(&self) -> bool {
+        match self {
+            ClientTx::Invite(t) => t.is_terminated(),
+            ClientTx::NonInvite(t) => t.is_terminated(),
+        }
+    }
+}
+
+/// One client transaction: a forwarded request or a CANCEL of one.
+struct Branch {
+    server: TxKey,
+    tx: ClientTx,
+    dest: SocketAddr,
+    /// The request as sent (for CANCEL and ACK construction).
+    sent: Request,
+    target: Target,
+    /// A final response arrived (or the branch timed out).
+    done: bool,
+    /// A provisional response arrived (CANCEL may be sent, §9.1).
+    ringing: bool,
+    /// CANCEL wanted before any provisional arrived; sent on the first 1xx.
+    cancel_pending: bool,
+    is_cancel: bool,
+}
+
+/// One proxied request (server transaction) and its branches.
+struct Context {
+    request: Request,
+    invite: bool,
+    /// Branch ids (our Via branch) of the forwarded request.
+    branches: Vec<String>,
+    /// Serial targets not tried yet.
+    next: VecDeque<Target>,
+    /// Best final response so far (§16.7 step 6).
+    best: Option<(u16, Bytes)>,
+    final_sent: bool,
+    cancelled: bool,
+    /// Timer C (§16.6 step 11): an INVITE that has not been answered is cancelled.
+    timer_c: Option<Instant>,
+    record_route: bool,
+}
+
+pub struct ProxyConfig {
+    /// Our address, for Via and Record-Route.
+    pub local: SocketAddr,
+    pub timers: TimerConfig,
+    pub timer_c: Duration,
+}
+
+pub struct Proxy {
+    cfg: ProxyConfig,
+    contexts: HashMap<TxKey, Context>,
+    /// Keyed by `branch|METHOD` (a CANCEL shares its INVITE's branch, §9.1).
+    branches: HashMap<String, Branch>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    actions: VecDeque<Action>,
+    counter: u64,
+    salt: u64,
+}
+
+fn branch_key(branch: &str, method: &str) -> String {
+    format!("{branch}|{method}")
+}
+
+/// RFC 3261 §16.7 step 6: 6xx beat everything; otherwise the lowest class wins
+/// (3xx < 4xx < 5xx), and within a class the first seen stays.
+fn better(new: u16, old: u16) -> bool {
+    if old >= 600 {
+        return false;
+    }
+    if new >= 600 {
+        return true;
+    }
+    new / 100 < old / 100
+}
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig) -> Proxy {
+        Proxy {
+            cfg,
+            contexts: HashMap::new(),
+            branches: HashMap::new(),
+            timers: BinaryHeap::new(),
+            actions: VecDeque::new(),
+            counter: 0,
+            salt: rand::random(),
+        }
+    }
+
+    pub fn set_local(&mut self, local: SocketAddr) {
+        self.cfg.local = local;
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.cfg.local
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn active(&self) -> usize {
+        self.contexts.len()
+    }
+
+    /// Whether a server transaction is being proxied (a CANCEL for it is ours).
+    pub fn is_proxying(&self, server: &TxKey) -> bool {
+        self.contexts.contains_key(server)
+    }
+
+    fn new_branch(&mut self) -> String {
+        self.counter += 1;
+        format!("z9hG4bK-t{:x}-{:x}", self.salt & 0xffff_ffff, self.counter)
+    }
+
+    fn via_value(&self, branch: &str) -> String {
+        format!("SIP/2.0/UDP {};rport;branch={branch}", self.cfg.local)
+    }
+
+    /// Whether a Route URI names this proxy (loose routing, RFC 3261 §16.4).
+    pub fn is_own_route(&self, route: &str) -> bool {
+        let Some(na) = crate::sip::message::NameAddr::parse(route) else {
+            return false;
+        };
+        let u = &na.uri;
+        let host = u.host.trim_start_matches('[').trim_end_matches(']');
+        host.parse::<std::net::IpAddr>().ok() == Some(self.cfg.local.ip())
+            && u.port.unwrap_or(5060) == self.cfg.local.port()
+    }
+
+    /// Forwards a new request (server transaction `server`, already answered
+    /// nothing) according to `plan`. `record_route` for dialog-creating requests.
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        server: TxKey,
+        request: Request,
+        plan: Plan,
+        record_route: bool,
+    ) {
+        let invite = request.method == Method::Invite;
+        let (first, next): (Vec<Target>, VecDeque<Target>) = match plan {
+            Plan::Parallel(t) => (t, VecDeque::new()),
+            Plan::Serial(mut t) => {
+                if t.is_empty() {
+                    (t, VecDeque::new())
+                } else {
+                    let rest = t.split_off(1);
+                    (t, rest.into())
+                }
+            }
+        };
+        let ctx = Context {
+            request,
+            invite,
+            branches: Vec::new(),
+            next,
+            best: None,
+            final_sent: false,
+            cancelled: false,
+            timer_c: invite.then(|| now + self.cfg.timer_c),
+            record_route,
+        };
+        if let Some(t) = ctx.timer_c {
+            self.timers
+                .push(Reverse((t, format!("C|{}", key_string(&server)))));
+        }
+        self.contexts.insert(server.clone(), ctx);
+        if invite {
+            // §16.2: a stateful proxy answers an INVITE with 100 Trying itself.
+            let ctx = &self.contexts[&server];
+            let trying = crate::sip::message::build::response_to(&ctx.request, 100, None);
+            self.actions.push_back(Action::Respond {
+                server: server.clone(),
+                status: 100,
+                bytes: trying.to_bytes(),
+            });
+        }
+        if first.is_empty() {
+            self.finish_with(&server, 480);
+            return;
+        }
+        for t in first {
+            self.start_branch(now, &server, t);
+        }
+    }
+
+    fn start_branch(&mut self, now: Instant, server: &TxKey, target: Target) {
+        let branch = self.new_branch();
+        let Some(ctx) = self.contexts.get_mut(server) else {
+            return;
+        };
+        let mut req = ctx.request.clone();
+        // §16.6: Request-URI, Max-Forwards, Record-Route, Via.
+        if let Ok(uri) = crate::sip::message::Uri::parse(&target.uri) {
+            req.uri = uri;
+        }
+        let mf = max_forwards(&req).saturating_sub(1);
+        req.headers.remove_all(&HeaderName::MaxForwards);
+        req.headers.push(HeaderName::MaxForwards, mf.to_string());
+        if ctx.record_route {
+            req.headers.0.insert(
+                0,
+                crate::sip::message::Header {
+                    name: HeaderName::RecordRoute,
+                    value: format!("<sip:{};lr>", self.cfg.local),
+                },
+            );
+        }
+        let via = format!("SIP/2.0/UDP {};rport;branch={branch}", self.cfg.local);
+        req.headers.0.insert(
+            0,
+            crate::sip::message::Header {
+                name: HeaderName::Via,
+                value: via,
+            },
+        );
+        let bytes = req.to_bytes();
+        let invite = ctx.invite;
+        ctx.branches.push(branch.clone());
+        let tx = if invite {
+            ClientTx::Invite(ClientInvite::new(
+                now,
+                Reliability::Unreliable,
+                self.cfg.timers,
+                bytes,
+            ))
+        } else {
+            ClientTx::NonInvite(ClientNonInvite::new(
+                now,
+                Reliability::Unreliable,
+                self.cfg.timers,
+                bytes,
+            ))
+        };
+        let method = req.method.as_str().to_string();
+        let key = branch_key(&branch, &method);
+        self.branches.insert(
+            key.clone(),
+            Branch {
+                server: server.clone(),
+                tx,
+                dest: target.dest,
+                sent: req,
+                target,
+                done: false,
+                ringing: false,
+                cancel_pending: false,
+                is_cancel: false,
+            },
+        );
+        self.drive(now, &key);
+    }
+
+    /// Flushes a client transaction's transmissions and events, re-arms its timer.
+    fn drive(&mut self, now: Instant, key: &str) {
+        let mut events = Vec::new();
+        {
+            let Some(b) = self.branches.get_mut(key) else {
+                return;
+            };
+            while let Some(bytes) = b.tx.poll_transmit() {
+                self.actions.push_back(Action::Send { to: b.dest, bytes });
+            }
+            while let Some(e) = b.tx.poll_event() {
+                events.push(e);
+            }
+            if let Some(t) = b.tx.poll_timeout() {
+                self.timers.push(Reverse((t, key.to_string())));
+            }
+        }
+        for e in events {
+            self.on_client_event(now, key, e);
+        }
+        if self.branches.get(key).is_some_and(|b| b.tx.is_terminated()) {
+            self.branches.remove(key);
+        }
+    }
+
+    fn on_client_event(&mut self, now: Instant, key: &str, event: ClientEvent) {
+        let Some(b) = self.branches.get_mut(key) else {
+            return;
+        };
+        if b.is_cancel {
+            return; // responses to our CANCELs need no further action
+        }
+        let server = b.server.clone();
+        match event {
+            ClientEvent::Provisional(status, bytes) => {
+                b.ringing = true;
+                if b.cancel_pending {
+                    b.cancel_pending = false;
+                    self.send_cancel(now, key);
+                }
+                if status == 100 {
+                    return; // §16.7 step 5: 100 is not forwarded
+                }
+                let Some(resp) = upstream(&bytes) else { return };
+                let to_tag = crate::sip::message::Message::Response(resp.clone());
+                let to_tag = match &to_tag {
+                    crate::sip::message::Message::Response(r) => r
+                        .header(&HeaderName::To)
+                        .and_then(crate::sip::message::NameAddr::parse)
+                        .and_then(|t| t.tag().map(str::to_string)),
+                    _ => None,
+                };
+                if let Some(ctx) = self.contexts.get(&server) {
+                    if !ctx.final_sent {
+                        self.actions.push_back(Action::Provisional {
+                            server: server.clone(),
+                            to_tag,
+                        });
+                        self.actions.push_back(Action::Respond {
+                            server,
+                            status,
+                            bytes: resp.to_bytes(),
+                        });
+                    }
+                }
+            }
+            ClientEvent::Final(status, bytes) => {
+                let first = !b.done;
+                b.done = true;
+                let target = b.target.clone();
+                let Some(resp) = upstream(&bytes) else { return };
+                if (200..300).contains(&status) {
+                    // §16.7 step 5: every 2xx is forwarded at once, even after another
+                    // branch answered (forked 2xx reach the caller, who BYEs extras).
+                    let to_tag = resp
+                        .header(&HeaderName::To)
+                        .and_then(crate::sip::message::NameAddr::parse)
+                        .and_then(|t| t.tag().map(str::to_string))
+                        .unwrap_or_default();
+                    let bytes = resp.to_bytes();
+                    let already = self.contexts.get(&server).is_some_and(|c| c.final_sent);
+                    if let Some(ctx) = self.contexts.get_mut(&server) {
+                        ctx.final_sent = true;
+                        ctx.timer_c = None;
+                    }
+                    if !already {
+                        self.actions.push_back(Action::Answered {
+                            server: server.clone(),
+                            to_tag,
+                            target,
+                        });
+                    }
+                    self.actions.push_back(Action::Respond {
+                        server: server.clone(),
+                        status,
+                        bytes,
+                    });
+                    if first {
+                        self.cancel_others(now, &server, key);
+                    }
+                    self.maybe_done(&server);
+                    return;
+                }
+                if !first {
+                    return;
+                }
+                self.on_branch_failed(now, &server, status, Some(resp));
+            }
+            ClientEvent::Timeout | ClientEvent::TransportError => {
+                if !b.done {
+                    b.done = true;
+                    self.on_branch_failed(now, &server, 408, None);
+                }
+            }
+            ClientEvent::Terminated => {}
+        }
+    }
+
+    fn on_branch_failed(
+        &mut self,
+        now: Instant,
+        server: &TxKey,
+        status: u16,
+        resp: Option<Response>,
+    ) {
+        let Some(ctx) = self.contexts.get_mut(server) else {
+            return;
+        };
+        // A gateway that is overloaded or silent: the next one of its group is
+        // tried, and its 503 never goes upstream (§16.7 step 6 turns it into 500).
+        if matches!(status, 503 | 408) && !ctx.cancelled {
+            if let Some(next) = ctx.next.pop_front() {
+                self.start_branch(now, server, next);
+                return;
+            }
+        }
+        let status = if status == 503 { 500 } else { status };
+        let bytes = match resp {
+            Some(mut r) => {
+                r.status = status;
+                if status == 500 {
+                    r.reason = crate::sip::message::reason_phrase(500).to_string();
+                }
+                r.to_bytes()
+            }
+            None => {
+                let mut r = crate::sip::message::build::response_to(
+                    &ctx.request,
+                    status,
+                    Some(&crate::sip::message::build::new_tag()),
+                );
+                r.headers.push(HeaderName::Server, SERVER);
+                r.to_bytes()
+            }
+        };
+        match &ctx.best {
+            Some((old, _)) if !better(status, *old) => {}
+            _ => ctx.best = Some((status, bytes)),
+        }
+        self.maybe_done(server);
+    }
+
+    /// When every branch is done and no serial target remains, the best final
+    /// response goes upstream (if none did yet) and the context ends.
+    fn maybe_done(&mut self, server: &TxKey) {
+        let Some(ctx) = self.contexts.get(server) else {
+            return;
+        };
+        let pending = ctx.branches.iter().any(|b| {
+            let method = if ctx.invite {
+                "INVITE"
+            } else {
+                ctx.request.method.as_str()
+            };
+            self.branches
+                .get(&branch_key(b, method))
+                .is_some_and(|b| !b.done)
+        });
+        if pending || !ctx.next.is_empty() && !ctx.cancelled && !ctx.final_sent {
+            return;
+        }
+        let Some(ctx) = self.contexts.remove(server) else {
+            return;
+        };
+        if !ctx.final_sent {
+            let (status, bytes) = ctx.best.unwrap_or_else(|| {
+                let r = crate::sip::message::build::response_to(
+                    &ctx.request,
+                    408,
+                    Some(&crate::sip::message::build::new_tag()),
+                );
+                (408, r.to_bytes())
+            });
+            self.actions.push_back(Action::Failed {
+                server: server.clone(),
+                status,
+                cancelled: ctx.cancelled,
+            });
+            self.actions.push_back(Action::Respond {
+                server: server.clone(),
+                status,
+                bytes,
+            });
+        }
+    }
+
+    fn finish_with(&mut self, server: &TxKey, status: u16) {
+        if let Some(ctx) = self.contexts.get_mut(server) {
+            let r = crate::sip::message::build::response_to(
+                &ctx.request,
+                status,
+                Some(&crate::sip::message::build::new_tag()),
+            );
+            ctx.best = Some((status, r.to_bytes()));
+        }
+        self.maybe_done(server);
+    }
+
+    fn cancel_others(&mut self, now: Instant, server: &TxKey, except: &str) {
+        let Some(ctx) = self.contexts.get(server) else {
+            return;
+        };
+        let keys: Vec<String> = ctx
+            .branches
+            .iter()
+            .map(|b| branch_key(b, "INVITE"))
+            .filter(|k| k != except)
+            .collect();
+        for k in keys {
+            self.cancel_branch(now, &k);
+        }
+    }
+
+    fn cancel_branch(&mut self, now: Instant, key: &str) {
+        let Some(b) = self.branches.get_mut(key) else {
+            return;
+        };
+        if b.done {
+            return;
+        }
+        if b.ringing {
+            self.send_cancel(now, key);
+        } else {
+            // §9.1: a CANCEL may only follow a provisional response.
+            b.cancel_pending = true;
+        }
+    }
+
+    /// §9.1: CANCEL with the branch's Request-URI, Via, From, To, Call-ID, CSeq
+    /// number and Route.
+    fn send_cancel(&mut self, now: Instant, key: &str) {
+        let Some(b) = self.branches.get(key) else {
+            return;
+        };
+        let cancel = derived_request(&b.sent, Method::Cancel, None);
+        let branch = key.split('|').next().unwrap_or("").to_string();
+        let ckey = branch_key(&branch, "CANCEL");
+        let tx = ClientNonInvite::new(
+            now,
+            Reliability::Unreliable,
+            self.cfg.timers,
+            cancel.to_bytes(),
+        );
+        let entry = Branch {
+            server: b.server.clone(),
+            tx: ClientTx::NonInvite(tx),
+            dest: b.dest,
+            sent: cancel,
+            target: b.target.clone(),
+            done: false,
+            ringing: false,
+            cancel_pending: false,
+            is_cancel: true,
+        };
+        self.branches.insert(ckey.clone(), entry);
+        self.drive(now, &ckey);
+    }
+
+    /// The caller cancelled (§16.10): every pending branch is cancelled; the
+    /// branches' 487s then make the final answer. Returns whether `server` is ours.
+    pub fn cancel(&mut self, now: Instant, server: &TxKey) -> bool {
+        let Some(ctx) = self.contexts.get_mut(server) else {
+            return false;
+        };
+        ctx.cancelled = true;
+        ctx.next.clear();
+        let keys: Vec<String> = ctx
+            .branches
+            .iter()
+            .map(|b| branch_key(b, "INVITE"))
+            .collect();
+        for k in keys {
+            self.cancel_branch(now, &k);
+        }
+        true
+    }
+
+    /// A response arrived from downstream. Returns false if it matches no branch
+    /// (the node then drops it, or forwards a 2xx retransmission statelessly).
+    pub fn on_response(&mut self, now: Instant, resp: &Response, bytes: Bytes) -> bool {
+        let Some(via) = resp
+            .header(&HeaderName::Via)
+            .and_then(Via::parse_all)
+            .and_then(|v| v.into_iter().next())
+        else {
+            return false;
+        };
+        let Some(branch) = via.branch() else {
+            return false;
+        };
+        let Some(method) = resp
+            .header(&HeaderName::CSeq)
+            .and_then(crate::sip::message::CSeq::parse)
+            .map(|c| c.method)
+        else {
+            return false;
+        };
+        let key = branch_key(branch, &method);
+        let Some(b) = self.branches.get_mut(&key) else {
+            return false;
+        };
+        let result = match &mut b.tx {
+            ClientTx::Invite(t) => {
+                let sent = b.sent.clone();
+                let resp_for_ack = resp.clone();
+                t.handle_response(now, resp.status, bytes, move || {
+                    // §17.1.1.3: the ACK for a non-2xx final response
+                    derived_request(&sent, Method::Ack, Some(&resp_for_ack)).to_bytes()
+                })
+            }
+            ClientTx::NonInvite(t) => t.handle_response(now, resp.status, bytes),
+        };
+        if result.is_err() {
+            return true;
+        }
+        self.drive(now, &key);
+        true
+    }
+
+    /// Runs due timers (client transactions, Timer C).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.timers.pop() else {
+                break;
+            };
+            if let Some(server) = key.strip_prefix("C|") {
+                // Timer C: cancel what is still ringing (§16.8).
+                let found = self
+                    .contexts
+                    .iter()
+                    .find(|(k, c)| key_string(k) == server && c.timer_c == Some(at))
+                    .map(|(k, _)| k.clone());
+                if let Some(server) = found {
+                    self.cancel(now, &server);
+                    if let Some(ctx) = self.contexts.get_mut(&server) {
+                        ctx.timer_c = None;
+                        if ctx.best.is_none() {
+                            let r = crate::sip::message::build::response_to(
+                                &ctx.request,
+                                408,
+                                Some(&crate::sip::message::build::new_tag()),
+                            );
+                            ctx.best = Some((408, r.to_bytes()));
+                        }
+                    }
+                }
+                continue;
+            }
+            let due = self
+                .branches
+                .get(&key)
+                .and_then(|b| b.tx.poll_timeout())
+                .is_some_and(|t| t <= now);
+            if due {
+                if let Some(b) = self.branches.get_mut(&key) {
+                    b.tx.handle_timeout(now);
+                }
+                self.drive(now, &key);
+            }
+        }
+    }
+
+    /// The earliest timer, for the node's tick.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Forwards a request statelessly (an ACK for a 2xx, §16.11): our Via on top,
+    /// Max-Forwards decremented.
+    pub fn forward_stateless(&mut self, mut req: Request, dest: SocketAddr) {
+        let mf = max_forwards(&req).saturating_sub(1);
+        req.headers.remove_all(&HeaderName::MaxForwards);
+        req.headers.push(HeaderName::MaxForwards, mf.to_string());
+        let branch = self.new_branch();
+        req.headers.0.insert(
+            0,
+            crate::sip::message::Header {
+                name: HeaderName::Via,
+                value: self.via_value(&branch),
+            },
+        );
+        self.actions.push_back(Action::Send {
+            to: dest,
+            bytes: req.to_bytes(),
+        });
+    }
+}
+
+fn key_string(k: &TxKey) -> String {
+    format!("{k:?}")
+}
+
+/// The response with our Via removed, for upstream (§16.7 step 3).
+fn upstream(bytes: &Bytes) -> Option<Response> {
+    let crate::sip::message::Message::Response(mut r) = crate::sip::message::parse(bytes).ok()?
+    else {
+        return None;
+    };
+    pop_top_via(&mut r.headers);
+    r.headers.get(&HeaderName::Via)?; // a response for us alone has nowhere to go
+    Some(r)
+}
+
+/// Removes the first Via value (which may share a header field with others).
+pub fn pop_top_via(headers: &mut crate::sip::message::Headers) {
+    let Some(i) = headers.0.iter().position(|h| h.name == HeaderName::Via) else {
+        return;
+    };
+    let rest = crate::sip::message::scan::split_commas(&headers.0[i].value)
+        .map(|p| p[1..].join(", "))
+        .unwrap_or_default();
+    if rest.is_empty() {
+        headers.0.remove(i);
+    } else {
+        headers.0[i].value = rest;
+    }
+}
+
+/// CANCEL or ACK for a sent INVITE (§9.1, §17.1.1.3): same Request-URI, top Via,
+/// From, Call-ID, CSeq number and Route; To from `resp` when given (ACK).
+fn derived_request(sent: &Request, method: Method, resp: Option<&Response>) -> Request {
+    let mut headers = crate::sip::message::Headers::default();
+    if let Some(v) = sent.headers.get(&HeaderName::Via) {
+        let top = crate::sip::message::scan::split_commas(v)
+            .and_then(|p| p.first().map(|s| s.to_string()))
+            .unwrap_or_else(|| v.to_string());
+        headers.push(HeaderName::Via, top);
+    }
+    headers.push(HeaderName::MaxForwards, "70");
+    for name in [HeaderName::From, HeaderName::CallId] {
+        if let Some(v) = sent.headers.get(&name) {
+            headers.push(name, v);
+        }
+    }
+    let to = resp
+        .and_then(|r| r.header(&HeaderName::To))
+        .or_else(|| sent.headers.get(&HeaderName::To));
+    if let Some(v) = to {
+        headers.push(HeaderName::To, v);
+    }
+    let seq = sent.cseq().map(|c| c.seq).unwrap_or(1);
+    headers.push(HeaderName::CSeq, format!("{seq} {}", method.as_str()));
+    for r in sent.headers.get_all(&HeaderName::Route) {
+        headers.push(HeaderName::Route, r);
+    }
+    Request {
+        method,
+        uri: sent.uri.clone(),
+        headers,
+        body: Bytes::new(),
+        parsed: Default::default(),
+    }
+}

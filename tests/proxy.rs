@@ -1,0 +1,260 @@
+//! The stateful proxy over real UDP sockets: a caller and registered phones on
+//! loopback, Tandem in between (RFC 3261 §16).
+mod common;
+use common::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A phone: registers `user` from its own socket and answers what Tandem sends it.
+async fn phone(n: &TestNode, user: &str) -> UdpClient {
+    let p = UdpClient::new(n.udp()).await;
+    let contact = format!("Contact: <sip:{user}@127.0.0.1:{}>\r\n", p.port());
+    let r = p
+        .request(&register(
+            p.port(),
+            user,
+            &format!("reg-{user}-{}", p.port()),
+            1,
+            &contact,
+        ))
+        .await;
+    assert_eq!(status(&r), 200, "{r}");
+    p
+}
+
+/// The next request (not a response) a socket receives, skipping responses.
+async fn next_request(c: &UdpClient, method: &str) -> String {
+    loop {
+        let m = c
+            .recv(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {method} arrived"));
+        if m.starts_with(method) {
+            return m;
+        }
+    }
+}
+
+/// The next response with this status.
+async fn next_status(c: &UdpClient, want: u16) -> String {
+    loop {
+        let m = c
+            .recv(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {want} arrived"));
+        if status(&m) == want {
+            return m;
+        }
+    }
+}
+
+fn invite(caller: &UdpClient, ruri: &str, call_id: &str, branch: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@127.0.0.1>;tag=caller-{call_id}\r\n\
+         To: <{ruri}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@127.0.0.1:{port}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: 4\r\n\r\nv=0\n",
+        port = caller.port()
+    )
+}
+
+/// A response built from a received request (Via, From, To, Call-ID, CSeq copied).
+fn answer(req: &str, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for name in ["Via", "Record-Route", "From", "Call-ID", "CSeq"] {
+        for v in headers(req, name) {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    let to = headers(req, "To")[0];
+    if to.contains("tag=") {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+async fn reply(c: &UdpClient, msg: &str) {
+    // answers go to Tandem (the top Via of what it forwarded)
+    c.send(msg.as_bytes()).await;
+}
+
+/// An in-dialog request from the caller along the route set learned from the 200.
+fn in_dialog(caller: &UdpClient, method: &str, ok: &str, cseq: u32, branch: &str) -> String {
+    let target = headers(ok, "Contact")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_string();
+    let routes: Vec<&str> = headers(ok, "Record-Route");
+    let mut route = String::new();
+    for r in &routes {
+        route.push_str(&format!("Route: {r}\r\n"));
+    }
+    format!(
+        "{method} {target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
+         {route}\
+         Max-Forwards: 70\r\n\
+         From: {from}\r\n\
+         To: {to}\r\n\
+         Call-ID: {cid}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = caller.port(),
+        from = headers(ok, "From")[0],
+        to = headers(ok, "To")[0],
+        cid = headers(ok, "Call-ID")[0],
+    )
+}
+
+#[tokio::test]
+async fn call_is_set_up_routed_through_tandem_and_torn_down() {
+    let n = TestNode::open().await;
+    let bob = phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "call-1", "c1").as_bytes())
+        .await;
+    assert_eq!(status(&caller.recv(WAIT).await.expect("100")), 100);
+
+    // bob gets the INVITE with Tandem's Via on top, a Record-Route and the contact as R-URI
+    let inv = next_request(&bob, "INVITE").await;
+    assert!(
+        inv.starts_with(&format!("INVITE sip:bob@127.0.0.1:{} SIP/2.0", bob.port())),
+        "{inv}"
+    );
+    let vias = headers(&inv, "Via");
+    assert!(
+        vias[0].contains(&n.udp().to_string()),
+        "Tandem's Via first: {inv}"
+    );
+    assert!(headers(&inv, "Record-Route")[0].contains(";lr"), "{inv}");
+    assert_eq!(headers(&inv, "Max-Forwards"), vec!["69"]);
+
+    reply(&bob, &answer(&inv, 180, "Ringing", "bobtag", "")).await;
+    let ringing = next_status(&caller, 180).await;
+    assert_eq!(
+        headers(&ringing, "Via").len(),
+        1,
+        "Tandem removed its Via: {ringing}"
+    );
+    let contact = format!("Contact: <sip:bob@127.0.0.1:{}>\r\n", bob.port());
+    reply(&bob, &answer(&inv, 200, "OK", "bobtag", &contact)).await;
+    let ok = next_status(&caller, 200).await;
+    assert!(!headers(&ok, "Record-Route").is_empty(), "{ok}");
+
+    // ACK and BYE follow the route set through Tandem to bob
+    caller
+        .send(in_dialog(&caller, "ACK", &ok, 1, "ack1").as_bytes())
+        .await;
+    let ack = next_request(&bob, "ACK").await;
+    assert!(
+        headers(&ack, "Route").is_empty(),
+        "Tandem popped its Route: {ack}"
+    );
+    caller
+        .send(in_dialog(&caller, "BYE", &ok, 2, "bye1").as_bytes())
+        .await;
+    let bye = next_request(&bob, "BYE").await;
+    reply(&bob, &answer(&bye, 200, "OK", "bobtag", "")).await;
+    let bye_ok = next_status(&caller, 200).await;
+    assert!(bye_ok.contains("CSeq: 2 BYE"), "{bye_ok}");
+}
+
+#[tokio::test]
+async fn caller_cancels_a_ringing_call() {
+    let n = TestNode::open().await;
+    let bob = phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    let inv_text = invite(&caller, &ruri, "call-2", "c2");
+    caller.send(inv_text.as_bytes()).await;
+    let inv = next_request(&bob, "INVITE").await;
+    reply(&bob, &answer(&inv, 180, "Ringing", "bobtag2", "")).await;
+    next_status(&caller, 180).await;
+    // CANCEL with the INVITE's branch (§9.1)
+    let cancel = inv_text
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(
+            "Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+            "Content-Length: 0\r\n\r\n",
+        );
+    caller.send(cancel.as_bytes()).await;
+    let c200 = next_status(&caller, 200).await;
+    assert!(c200.contains("CANCEL"), "{c200}");
+    // Tandem cancels bob's branch; bob answers 200 to the CANCEL and 487 to the INVITE
+    let bc = next_request(&bob, "CANCEL").await;
+    reply(&bob, &answer(&bc, 200, "OK", "bobtag2", "")).await;
+    reply(
+        &bob,
+        &answer(&inv, 487, "Request Terminated", "bobtag2", ""),
+    )
+    .await;
+    // Tandem ACKs bob's 487 itself (hop by hop, §17.1.1.3)
+    let ack = next_request(&bob, "ACK").await;
+    assert!(ack.contains("CSeq: 1 ACK"), "{ack}");
+    let r = next_status(&caller, 487).await;
+    assert!(r.contains("INVITE"), "{r}");
+}
+
+#[tokio::test]
+async fn forked_call_first_answer_wins_and_others_are_cancelled() {
+    let n = TestNode::open().await;
+    let desk = phone(&n, "bob").await;
+    let mobile = phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "call-3", "c3").as_bytes())
+        .await;
+    let inv_desk = next_request(&desk, "INVITE").await;
+    let inv_mobile = next_request(&mobile, "INVITE").await;
+    reply(&desk, &answer(&inv_desk, 180, "Ringing", "desk", "")).await;
+    reply(&mobile, &answer(&inv_mobile, 180, "Ringing", "mobile", "")).await;
+    let contact = format!("Contact: <sip:bob@127.0.0.1:{}>\r\n", mobile.port());
+    reply(&mobile, &answer(&inv_mobile, 200, "OK", "mobile", &contact)).await;
+    let ok = next_status(&caller, 200).await;
+    assert!(ok.contains("tag=mobile"), "{ok}");
+    // the desk phone's branch is cancelled
+    let bc = next_request(&desk, "CANCEL").await;
+    assert!(bc.contains("CSeq: 1 CANCEL"), "{bc}");
+}
+
+#[tokio::test]
+async fn failure_responses_reach_the_caller_and_unknown_users_get_404() {
+    let n = TestNode::open().await;
+    let bob = phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "call-4", "c4").as_bytes())
+        .await;
+    let inv = next_request(&bob, "INVITE").await;
+    reply(&bob, &answer(&inv, 486, "Busy Here", "busy", "")).await;
+    let r = next_status(&caller, 486).await;
+    assert_eq!(headers(&r, "Via").len(), 1, "{r}");
+    // 503 from downstream is never relayed as 503 (RFC 3261 §16.7 step 6)
+    caller
+        .send(invite(&caller, &ruri, "call-5", "c5").as_bytes())
+        .await;
+    let inv = next_request(&bob, "INVITE").await;
+    reply(&bob, &answer(&inv, 503, "Service Unavailable", "x", "")).await;
+    let r = next_status(&caller, 500).await;
+    assert!(r.contains("call-5"), "{r}");
+    let unknown = format!("sip:nobody@{}", n.udp());
+    let r = caller
+        .request(&invite(&caller, &unknown, "call-6", "c6"))
+        .await;
+    assert_eq!(status(&r), 404, "{r}");
+}
