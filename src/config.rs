@@ -37,6 +37,9 @@ pub struct Config {
     /// Route patterns of the dial plan (`[[routes]]`), see `docs/dial-plan.md`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Gateways (`[[gateways]]`): where route patterns' gateway groups lead.
+    #[serde(default)]
+    pub gateways: Vec<GatewayConfig>,
     /// Directory of the config file; relative paths in it are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -213,6 +216,21 @@ pub struct UserConfig {
     pub password: String,
 }
 
+/// A gateway (`[[gateways]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// A name for logs, metrics and the call-state table.
+    pub name: String,
+    /// Where requests for this gateway are sent (IP address and port; UDP).
+    pub address: SocketAddr,
+    /// The gateway group route patterns name.
+    pub group: String,
+    /// Order within the group: lower is tried first; 503 or a timeout tries the next.
+    #[serde(default)]
+    pub order: u32,
+}
+
 /// One route pattern of the dial plan (`docs/dial-plan.md`): dialed numbers that
 /// match `pattern` go to `gateway_group`, translated (part before `.` stripped, then
 /// `strip` more leading digits, then `prefix` prepended).
@@ -369,6 +387,29 @@ impl Config {
             }
         }
         crate::routing::DialPlan::new(self.routes.clone()).map_err(|e| err(&e.key(), e.reason))?;
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            if g.name.is_empty() || !names.insert(g.name.as_str()) {
+                return Err(err(
+                    &format!("gateways[{i}].name"),
+                    "must be non-empty and unique".into(),
+                ));
+            }
+            if g.group.is_empty() {
+                return Err(err(
+                    &format!("gateways[{i}].group"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !self.gateways.iter().any(|g| g.group == r.gateway_group) {
+                return Err(err(
+                    &format!("routes[{i}].gateway_group"),
+                    format!("no gateway in group {:?}", r.gateway_group),
+                ));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| err("log.level", format!("invalid filter: {e}")))?;
         Ok(())

@@ -6,10 +6,12 @@ pub mod run;
 mod uas;
 
 use crate::admission::{Admission, Decision, RegisterAttempt};
+use crate::config::GatewayConfig;
 use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
 use crate::proxy::stateful::{Action, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::{Outcome, Registrar};
+use crate::routing::{Destination, DialPlan};
 use crate::sip::message::build::{
     new_tag, raw_top_via, response_to, stateless_error, udp_response_dest,
 };
@@ -39,6 +41,17 @@ pub struct Node {
     proxy: Mutex<Proxy>,
     /// The UDP socket requests are forwarded from (the first UDP listener).
     outbound: OnceLock<Arc<tokio::net::UdpSocket>>,
+    /// Digit analysis: the dial plan and the gateways of each group, in order.
+    routing: OnceLock<Routing>,
+    /// Held while the proxy's actions are taken and carried out, so two receive
+    /// tasks cannot reorder them (a 180 overtaking its 200 breaks callers).
+    proxy_out: Mutex<()>,
+}
+
+/// The dial plan and where its gateway groups lead.
+pub struct Routing {
+    pub dial_plan: DialPlan,
+    pub gateways: Vec<GatewayConfig>,
 }
 
 /// The transports' handler: a cheap clone of the node.
@@ -143,6 +156,8 @@ impl Node {
                 timer_c: Duration::from_secs(180),
             })),
             outbound: OnceLock::new(),
+            routing: OnceLock::new(),
+            proxy_out: Mutex::new(()),
         }
     }
 
@@ -155,6 +170,11 @@ impl Node {
     pub fn set_outbound(&self, sock: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
         self.proxy.lock().set_local(local);
         let _ = self.outbound.set(sock);
+    }
+
+    /// Sets the dial plan and gateways (once, at start).
+    pub fn set_routing(&self, routing: Routing) {
+        let _ = self.routing.set(routing);
     }
 
     pub(crate) fn proxy_owns_route(&self, route: &str) -> bool {
@@ -172,6 +192,7 @@ impl Node {
 
     /// Carries out what the proxy asked for.
     fn run_proxy_actions(&self) {
+        let _in_order = self.proxy_out.lock();
         let actions: Vec<Action> = {
             let mut p = self.proxy.lock();
             std::iter::from_fn(|| p.poll_action()).collect()
@@ -212,27 +233,64 @@ impl Node {
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
     fn forward(&self, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
         let now_wall = now_ms();
-        let aor = req.uri.aor_key();
-        let bindings = self.registrar.location().lookup(&aor, now_wall);
-        // Phones are reached where their REGISTER came from (NAT-friendly), over UDP.
-        let targets: Vec<Target> = bindings
-            .iter()
-            .filter_map(|b| {
-                let addr = b.source.strip_prefix("udp:")?.parse().ok()?;
-                Some(Target {
-                    uri: b.contact.clone(),
-                    dest: addr,
-                    gateway: None,
-                })
-            })
-            .collect();
-        if targets.is_empty() || self.outbound.get().is_none() {
-            let user = req.uri.user_unescaped().unwrap_or_default();
-            let status = if !bindings.is_empty() || self.registrar.is_user(&user) {
-                480
-            } else {
-                404
-            };
+        let location = self.registrar.location();
+        let user = req.uri.user_unescaped().unwrap_or_default();
+        let destination = match self.routing.get() {
+            Some(r) => r.dial_plan.resolve(&req.uri, |aor| {
+                self.registrar.is_user(&user) || !location.lookup(aor, now_wall).is_empty()
+            }),
+            None => Destination::Local {
+                aor: req.uri.aor_key(),
+            },
+        };
+        let (plan, known) = match destination {
+            Destination::Local { aor } => {
+                let bindings = location.lookup(&aor, now_wall);
+                // Phones are reached where their REGISTER came from (NAT-friendly), over UDP.
+                let targets: Vec<Target> = bindings
+                    .iter()
+                    .filter_map(|b| {
+                        let addr = b.source.strip_prefix("udp:")?.parse().ok()?;
+                        Some(Target {
+                            uri: b.contact.clone(),
+                            dest: addr,
+                            gateway: None,
+                        })
+                    })
+                    .collect();
+                let known = !bindings.is_empty() || self.registrar.is_user(&user);
+                (Plan::Parallel(targets), known)
+            }
+            Destination::Gateway(m) => {
+                let mut gws: Vec<&GatewayConfig> = self
+                    .routing
+                    .get()
+                    .map(|r| {
+                        r.gateways
+                            .iter()
+                            .filter(|g| g.group == m.gateway_group)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                gws.sort_by_key(|g| g.order);
+                let targets = gws
+                    .into_iter()
+                    .map(|g| Target {
+                        uri: format!("sip:{}@{}", m.number, g.address),
+                        dest: g.address,
+                        gateway: Some(g.name.clone()),
+                    })
+                    .collect();
+                (Plan::Serial(targets), true)
+            }
+            Destination::NotFound => (Plan::Parallel(Vec::new()), false),
+        };
+        let empty = match &plan {
+            Plan::Parallel(t) | Plan::Serial(t) => t.is_empty(),
+        };
+        if empty || self.outbound.get().is_none() {
+            // RFC 3261 §16.5: unknown → 404; a known user with no binding → 480.
+            let status = if known { 480 } else { 404 };
             let r = response_to(&req, status, Some(&new_tag()));
             return self.respond(&key, &req, src, dest, r);
         }
@@ -244,13 +302,9 @@ impl Node {
             req.method,
             Method::Invite | Method::Subscribe | Method::Refer
         );
-        self.proxy.lock().forward(
-            Instant::now(),
-            key,
-            req,
-            Plan::Parallel(targets),
-            record_route,
-        );
+        self.proxy
+            .lock()
+            .forward(Instant::now(), key, req, plan, record_route);
         self.run_proxy_actions();
     }
 

@@ -89,6 +89,11 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         cfg.sip.max_transactions,
         cfg.calls.max_calls,
     ));
+    node.set_routing(super::Routing {
+        // validated when the config was loaded
+        dial_plan: crate::routing::DialPlan::new(cfg.routes.clone()).unwrap_or_default(),
+        gateways: cfg.gateways.clone(),
+    });
     let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
     let mut tasks = Vec::new();
     let mut udp_addrs = Vec::new();
