@@ -36,7 +36,7 @@ pub struct Node {
     transactions: Mutex<ServerTransactions<TxKey>>,
     /// Where to send responses that are produced later than the request's handling:
     /// INVITE final responses (Timer G) and every proxied request's answers.
-    invite_targets: Mutex<HashMap<TxKey, (Replier, SocketAddr)>>,
+    invite_targets: Mutex<ReplyTargets>,
     calls: Arc<Mutex<CallTable>>,
     proxy: Mutex<Proxy>,
     /// The UDP socket requests are forwarded from (the first UDP listener).
@@ -148,7 +148,7 @@ impl Node {
             registrar,
             admission,
             transactions: Mutex::new(ServerTransactions::new(timers, max_transactions)),
-            invite_targets: Mutex::new(HashMap::new()),
+            invite_targets: Mutex::new(ReplyTargets::default()),
             calls: Arc::new(Mutex::new(CallTable::new(max_calls))),
             proxy: Mutex::new(Proxy::new(ProxyConfig {
                 local: SocketAddr::from(([127, 0, 0, 1], 5060)),
@@ -577,9 +577,57 @@ impl Node {
                 }
             }
         }
-        // entries whose transaction ended (ACK received, Timer I) are dropped
+        // Entries whose transaction ended are dropped once they are old enough to
+        // be worth checking: no scan of the whole map per tick.
         let t = self.transactions.lock();
-        targets.retain(|k, _| t.contains(k));
+        targets.expire(Instant::now(), |k| t.contains(k));
+    }
+}
+
+/// Where to send late responses of a server transaction, with the insertion
+/// order so entries are checked for expiry oldest first (amortised O(1) a tick).
+#[derive(Default)]
+struct ReplyTargets {
+    map: HashMap<TxKey, (Replier, SocketAddr)>,
+    order: std::collections::VecDeque<(Instant, TxKey)>,
+}
+
+impl ReplyTargets {
+    /// Checked for expiry after this long; a transaction still alive then is
+    /// checked again one period later (an INVITE may ring for minutes).
+    const CHECK_AFTER: Duration = Duration::from_secs(40);
+
+    fn insert(&mut self, key: TxKey, target: (Replier, SocketAddr)) {
+        if self.map.insert(key.clone(), target).is_none() {
+            self.order.push_back((Instant::now(), key));
+        }
+    }
+
+    fn get(&self, key: &TxKey) -> Option<&(Replier, SocketAddr)> {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &TxKey) {
+        self.map.remove(key);
+    }
+
+    fn expire(&mut self, now: Instant, alive: impl Fn(&TxKey) -> bool) {
+        while let Some((at, _)) = self.order.front() {
+            if *at + Self::CHECK_AFTER > now {
+                break;
+            }
+            let Some((_, key)) = self.order.pop_front() else {
+                break;
+            };
+            if !self.map.contains_key(&key) {
+                continue;
+            }
+            if alive(&key) {
+                self.order.push_back((now, key));
+            } else {
+                self.map.remove(&key);
+            }
+        }
     }
 }
 
