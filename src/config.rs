@@ -507,6 +507,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let cfg = Config::from_toml(&example, "example").unwrap();
+        assert_eq!(cfg.gateways.len(), 1);
+        assert_eq!(cfg.gateways[0].group, "pstn");
         assert_eq!(
             cfg.routes,
             vec![RouteConfig {
@@ -522,9 +524,13 @@ mod tests {
 
     #[test]
     fn routes_are_parsed_and_validated() {
+        let gws = "[[gateways]]\nname = \"a\"\naddress = \"127.0.0.1:5090\"\ngroup = \"pstn\"\n\
+                   [[gateways]]\nname = \"b\"\naddress = \"127.0.0.1:5091\"\ngroup = \"e\"\n";
         let cfg = Config::from_toml(
-            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
-             [[routes]]\npattern = \"911\"\ngateway_group = \"e\"\nstrip = 3\nprefix = \"+1911\"\n",
+            &format!(
+                "{gws}[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
+             [[routes]]\npattern = \"911\"\ngateway_group = \"e\"\nstrip = 3\nprefix = \"+1911\"\n"
+            ),
             "x.toml",
         )
         .unwrap();
@@ -533,8 +539,10 @@ mod tests {
         assert_eq!(cfg.routes[0].prefix, "");
         assert_eq!(cfg.routes[1].prefix, "+1911");
         let e = Config::from_toml(
-            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
-             [[routes]]\npattern = \"[9-2]X\"\ngateway_group = \"pstn\"\n",
+            &format!(
+                "{gws}[[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n\n\
+             [[routes]]\npattern = \"[9-2]X\"\ngateway_group = \"pstn\"\n"
+            ),
             "x.toml",
         )
         .unwrap_err();
@@ -549,5 +557,12 @@ mod tests {
         assert!(e.reason.contains("strp"), "{e}");
         let e = Config::from_toml("[[routes]]\npattern = \"9.!\"\n", "x.toml").unwrap_err();
         assert!(e.reason.contains("gateway_group"), "{e}");
+        // a route must lead to a configured gateway group
+        let e = Config::from_toml(
+            "[[routes]]\npattern = \"9.!\"\ngateway_group = \"none\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0].gateway_group");
     }
 }

@@ -152,6 +152,9 @@ async fn call_is_set_up_routed_through_tandem_and_torn_down() {
     reply(&bob, &answer(&inv, 200, "OK", "bobtag", &contact)).await;
     let ok = next_status(&caller, 200).await;
     assert!(!headers(&ok, "Record-Route").is_empty(), "{ok}");
+    let calls = http_get(n.admin(), "/calls").await;
+    assert!(calls.contains("\"state\":\"confirmed\""), "{calls}");
+    assert!(calls.contains("call-1"), "{calls}");
 
     // ACK and BYE follow the route set through Tandem to bob
     caller
@@ -169,6 +172,9 @@ async fn call_is_set_up_routed_through_tandem_and_torn_down() {
     reply(&bob, &answer(&bye, 200, "OK", "bobtag", "")).await;
     let bye_ok = next_status(&caller, 200).await;
     assert!(bye_ok.contains("CSeq: 2 BYE"), "{bye_ok}");
+    let calls = http_get(n.admin(), "/calls").await;
+    assert!(calls.contains("\"state\":\"terminated\""), "{calls}");
+    assert!(calls.contains("\"end_reason\":\"bye\""), "{calls}");
 }
 
 #[tokio::test]
@@ -206,6 +212,8 @@ async fn caller_cancels_a_ringing_call() {
     assert!(ack.contains("CSeq: 1 ACK"), "{ack}");
     let r = next_status(&caller, 487).await;
     assert!(r.contains("INVITE"), "{r}");
+    let calls = http_get(n.admin(), "/calls").await;
+    assert!(calls.contains("\"end_reason\":\"cancel\""), "{calls}");
 }
 
 #[tokio::test]
@@ -257,4 +265,67 @@ async fn failure_responses_reach_the_caller_and_unknown_users_get_404() {
         .request(&invite(&caller, &unknown, "call-6", "c6"))
         .await;
     assert_eq!(status(&r), 404, "{r}");
+}
+
+#[tokio::test]
+async fn gateway_group_fails_over_and_503_is_never_relayed() {
+    // two gateways in one group, tried in order; digits translated by the pattern
+    let gw1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gw2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!(
+        "\n[[gateways]]\nname = \"gw-a\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
+         [[gateways]]\nname = \"gw-b\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
+         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n",
+        gw1.local_addr().unwrap(),
+        gw2.local_addr().unwrap()
+    );
+    let n = TestNode::start("authenticate = false", &extra).await;
+    let gw1 = UdpClient {
+        sock: gw1,
+        server: n.udp(),
+    };
+    let gw2 = UdpClient {
+        sock: gw2,
+        server: n.udp(),
+    };
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:95551234@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "call-gw", "cgw").as_bytes())
+        .await;
+    let inv = next_request(&gw1, "INVITE").await;
+    assert!(
+        inv.starts_with(&format!(
+            "INVITE sip:5551234@{} ",
+            gw1.sock.local_addr().unwrap()
+        )),
+        "{inv}"
+    );
+    reply(&gw1, &answer(&inv, 503, "Service Unavailable", "a", "")).await;
+    // the first gateway's 503 is ACKed and the second gateway gets the call
+    next_request(&gw1, "ACK").await;
+    let inv2 = next_request(&gw2, "INVITE").await;
+    let contact = format!(
+        "Contact: <sip:5551234@{}>\r\n",
+        gw2.sock.local_addr().unwrap()
+    );
+    reply(&gw2, &answer(&inv2, 200, "OK", "b", &contact)).await;
+    // the caller sees 100 and then the 200: the 503 never went upstream
+    let mut seen = Vec::new();
+    let ok = loop {
+        let m = caller.recv(WAIT).await.expect("answer");
+        seen.push(status(&m));
+        if status(&m) == 200 {
+            break m;
+        }
+    };
+    assert!(seen.iter().all(|s| *s < 300), "statuses seen: {seen:?}");
+    assert!(ok.contains("tag=b"), "{ok}");
+    let calls = http_get(n.admin(), "/calls").await;
+    assert!(calls.contains("\"gateway\":\"gw-b\""), "{calls}");
+    let unknown = format!("sip:12345@{}", n.udp());
+    let r = caller
+        .request(&invite(&caller, &unknown, "call-nr", "cnr"))
+        .await;
+    assert_eq!(status(&r), 404, "no route: {r}");
 }

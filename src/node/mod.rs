@@ -9,6 +9,7 @@ use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::config::GatewayConfig;
 use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
+use crate::proxy::calls::{CallKey, DialogId, EndReason};
 use crate::proxy::stateful::{Action, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::{Outcome, Registrar};
 use crate::routing::{Destination, DialPlan};
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, instrument};
 
 pub struct Node {
@@ -225,7 +226,54 @@ impl Node {
                         Err(e) => debug!(error = %e, status, "proxied response not sent"),
                     }
                 }
-                Action::Answered { .. } | Action::Provisional { .. } | Action::Failed { .. } => {}
+                Action::Answered {
+                    call,
+                    to_tag,
+                    target,
+                } => {
+                    let key = CallKey {
+                        call_id: call.0,
+                        from_tag: call.1,
+                    };
+                    let where_to = target.dest.to_string();
+                    self.calls.lock().on_answered(
+                        SystemTime::now(),
+                        &key,
+                        &to_tag,
+                        &where_to,
+                        target.gateway.as_deref(),
+                    );
+                }
+                Action::Provisional { call, to_tag } => {
+                    let key = CallKey {
+                        call_id: call.0,
+                        from_tag: call.1,
+                    };
+                    self.calls
+                        .lock()
+                        .on_provisional(SystemTime::now(), &key, to_tag.as_deref());
+                }
+                Action::Failed {
+                    call,
+                    status,
+                    cancelled,
+                } => {
+                    let key = CallKey {
+                        call_id: call.0,
+                        from_tag: call.1,
+                    };
+                    let mut calls = self.calls.lock();
+                    if cancelled {
+                        calls.on_cancelled(SystemTime::now(), &key);
+                    } else {
+                        let reason = if status == 408 {
+                            EndReason::Timeout
+                        } else {
+                            EndReason::Rejected
+                        };
+                        calls.on_failed(SystemTime::now(), &key, status, reason);
+                    }
+                }
             }
         }
     }
@@ -294,6 +342,25 @@ impl Node {
             let r = response_to(&req, status, Some(&new_tag()));
             return self.respond(&key, &req, src, dest, r);
         }
+        if req.method == Method::Invite {
+            let call = CallKey {
+                call_id: req.call_id().unwrap_or("").to_string(),
+                from_tag: req.from().and_then(|f| f.tag()).unwrap_or("").to_string(),
+            };
+            let caller = req
+                .from()
+                .map(|f| f.uri.as_str().to_string())
+                .unwrap_or_default();
+            let mut calls = self.calls.lock();
+            if !calls.on_invite(SystemTime::now(), call.clone(), &caller, req.uri.as_str())
+                && calls.get(&call).is_none()
+            {
+                // the call-state table is full of live calls
+                drop(calls);
+                let r = response_to(&req, 503, Some(&new_tag()));
+                return self.respond(&key, &req, src, dest, r);
+            }
+        }
         self.invite_targets
             .lock()
             .insert(key.clone(), (src.reply.clone(), dest));
@@ -318,6 +385,15 @@ impl Node {
         dest: SocketAddr,
     ) {
         pop_top_route(&mut req.headers);
+        if req.method == Method::Bye {
+            // the table finds the dialog from either side
+            let id = DialogId {
+                call_id: req.call_id().unwrap_or("").to_string(),
+                from_tag: req.from().and_then(|f| f.tag()).unwrap_or("").to_string(),
+                to_tag: req.to().and_then(|t| t.tag()).unwrap_or("").to_string(),
+            };
+            self.calls.lock().on_bye(SystemTime::now(), &id);
+        }
         let next = req
             .headers
             .get(&HeaderName::Route)

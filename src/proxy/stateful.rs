@@ -47,18 +47,19 @@ pub enum Action {
         status: u16,
         bytes: Bytes,
     },
-    /// For the call-state table: a branch answered / the call failed.
+    /// For the call-state table (INVITEs only): a branch answered, rang, or the
+    /// call failed. `call` is (Call-ID, From tag).
     Answered {
-        server: TxKey,
+        call: (String, String),
         to_tag: String,
         target: Target,
     },
     Provisional {
-        server: TxKey,
+        call: (String, String),
         to_tag: Option<String>,
     },
     Failed {
-        server: TxKey,
+        call: (String, String),
         status: u16,
         cancelled: bool,
     },
@@ -402,10 +403,12 @@ impl Proxy {
                 };
                 if let Some(ctx) = self.contexts.get(&server) {
                     if !ctx.final_sent {
-                        self.actions.push_back(Action::Provisional {
-                            server: server.clone(),
-                            to_tag,
-                        });
+                        if ctx.invite {
+                            self.actions.push_back(Action::Provisional {
+                                call: call_of(&ctx.request),
+                                to_tag,
+                            });
+                        }
                         self.actions.push_back(Action::Respond {
                             server,
                             status,
@@ -429,13 +432,15 @@ impl Proxy {
                         .unwrap_or_default();
                     let bytes = resp.to_bytes();
                     let already = self.contexts.get(&server).is_some_and(|c| c.final_sent);
+                    let mut call = None;
                     if let Some(ctx) = self.contexts.get_mut(&server) {
                         ctx.final_sent = true;
                         ctx.timer_c = None;
+                        call = ctx.invite.then(|| call_of(&ctx.request));
                     }
-                    if !already {
+                    if let (false, Some(call)) = (already, call) {
                         self.actions.push_back(Action::Answered {
-                            server: server.clone(),
+                            call,
                             to_tag,
                             target,
                         });
@@ -541,11 +546,13 @@ impl Proxy {
                 );
                 (408, r.to_bytes())
             });
-            self.actions.push_back(Action::Failed {
-                server: server.clone(),
-                status,
-                cancelled: ctx.cancelled,
-            });
+            if ctx.invite {
+                self.actions.push_back(Action::Failed {
+                    call: call_of(&ctx.request),
+                    status,
+                    cancelled: ctx.cancelled,
+                });
+            }
             self.actions.push_back(Action::Respond {
                 server: server.clone(),
                 status,
@@ -757,6 +764,14 @@ impl Proxy {
             bytes: req.to_bytes(),
         });
     }
+}
+
+/// (Call-ID, From tag) of a request: the call-state table's key.
+fn call_of(req: &Request) -> (String, String) {
+    (
+        req.call_id().unwrap_or("").to_string(),
+        req.from().and_then(|f| f.tag()).unwrap_or("").to_string(),
+    )
 }
 
 fn key_string(k: &TxKey) -> String {

@@ -128,6 +128,9 @@ pub struct Response {
     pub body: Bytes,
 }
 
+// A request carries its parsed-header cache inline; a message is moved once from
+// the parser to the core, so boxing it would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Request(Request),
