@@ -183,6 +183,12 @@ pub struct CallsConfig {
     /// Most calls in the table (active and lingering); when every one is active,
     /// new INVITEs get 503.
     pub max_calls: usize,
+    /// Calls (and other requests Tandem forwards) must carry the caller's digest
+    /// credentials (407 Proxy Authentication Required), unless they come from a
+    /// gateway's address or one listed in `trusted`.
+    pub authenticate: bool,
+    /// Source IP addresses whose requests are forwarded without authentication.
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 impl Default for CallsConfig {
@@ -191,6 +197,8 @@ impl Default for CallsConfig {
             cdr_file: None,
             linger_secs: 300,
             max_calls: 100_000,
+            authenticate: true,
+            trusted: Vec::new(),
         }
     }
 }

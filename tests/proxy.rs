@@ -275,7 +275,7 @@ async fn gateway_group_fails_over_and_503_is_never_relayed() {
     let extra = format!(
         "\n[[gateways]]\nname = \"gw-a\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
          [[gateways]]\nname = \"gw-b\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
-         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n",
+         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}",
         gw1.local_addr().unwrap(),
         gw2.local_addr().unwrap()
     );
@@ -328,4 +328,62 @@ async fn gateway_group_fails_over_and_503_is_never_relayed() {
         .request(&invite(&caller, &unknown, "call-nr", "cnr"))
         .await;
     assert_eq!(status(&r), 404, "no route: {r}");
+}
+
+/// `name="value"` or `name=value` out of a challenge.
+fn challenge_param(ch: &str, name: &str) -> String {
+    let i = ch
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("{name} in {ch}"))
+        + name.len()
+        + 1;
+    let rest = &ch[i..];
+    match rest.strip_prefix('"') {
+        Some(q) => q[..q.find('"').unwrap()].to_string(),
+        None => rest.split([',', ' ']).next().unwrap().to_string(),
+    }
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(s.as_bytes()))
+}
+
+#[tokio::test]
+async fn calls_from_local_users_are_challenged_with_407() {
+    // REGISTER without auth (to place bob quickly), calls with auth
+    let n = TestNode::start("authenticate = false", "").await;
+    let bob = phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    let inv = invite(&caller, &ruri, "call-auth", "ca1")
+        .replace("sip:caller@127.0.0.1>;tag", "sip:alice@127.0.0.1>;tag");
+    let r = caller.request(&inv).await;
+    assert_eq!(status(&r), 407, "{r}");
+    let challenges = headers(&r, "Proxy-Authenticate");
+    let md5 = challenges
+        .iter()
+        .find(|c| c.contains("MD5"))
+        .expect("an MD5 challenge");
+    let (realm, nonce) = (challenge_param(md5, "realm"), challenge_param(md5, "nonce"));
+    // ACK for the 407 is absorbed by the transaction; then the INVITE with credentials
+    let ha1 = md5_hex(&format!("alice:{realm}:alice-secret"));
+    let ha2 = md5_hex(&format!("INVITE:{ruri}"));
+    let response = md5_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    let cred = format!(
+        "Proxy-Authorization: Digest username=\"alice\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{ruri}\", response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+    );
+    let authed = invite(&caller, &ruri, "call-auth", "ca2")
+        .replace("sip:caller@127.0.0.1>;tag", "sip:alice@127.0.0.1>;tag")
+        .replace("CSeq: 1 INVITE\r\n", &format!("CSeq: 2 INVITE\r\n{cred}"));
+    caller.send(authed.as_bytes()).await;
+    let fwd = next_request(&bob, "INVITE").await;
+    assert!(fwd.contains("call-auth"), "{fwd}");
+    // a wrong password is challenged again, not forwarded
+    let bad = authed
+        .replace(&response, &md5_hex("nope"))
+        .replace("branch=z9hG4bKca2", "branch=z9hG4bKca3")
+        .replace("CSeq: 2", "CSeq: 3");
+    let r = caller.request(&bad).await;
+    assert_eq!(status(&r), 407, "{r}");
 }

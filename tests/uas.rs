@@ -234,7 +234,11 @@ async fn retransmitted_request_gets_the_same_answer() {
 async fn invite_final_response_is_retransmitted_until_ack() {
     // T1 100 ms, T2 200 ms: unacknowledged, the 404 comes every 200 ms at most
     // until Timer H (64*T1 = 6.4 s)
-    let n = TestNode::start("authenticate = false", "t1_ms = 100\nt2_ms = 200").await;
+    let n = TestNode::start(
+        "authenticate = false",
+        &format!("t1_ms = 100\nt2_ms = 200{OPEN_CALLS}"),
+    )
+    .await;
     let c = UdpClient::new(n.udp()).await;
     let nobody = format!("sip:nobody@{}", n.udp());
     let via = format!(

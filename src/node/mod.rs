@@ -53,6 +53,10 @@ pub struct Node {
 pub struct Routing {
     pub dial_plan: DialPlan,
     pub gateways: Vec<GatewayConfig>,
+    /// Challenge requests to forward with 407 unless they come from a gateway or
+    /// a trusted address.
+    pub authenticate_calls: bool,
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 /// The transports' handler: a cheap clone of the node.
@@ -280,6 +284,18 @@ impl Node {
 
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
     fn forward(&self, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
+        // RFC 3261 §22.3: local users' calls are authenticated (407); gateways and
+        // trusted addresses are not challenged.
+        if let Some(r) = self.routing.get() {
+            let ip = src.peer.ip();
+            let trusted =
+                r.trusted.contains(&ip) || r.gateways.iter().any(|g| g.address.ip() == ip);
+            if r.authenticate_calls && !trusted {
+                if let Err(resp) = self.registrar.authenticate_caller(&req, Instant::now()) {
+                    return self.respond(&key, &req, src, dest, resp);
+                }
+            }
+        }
         let now_wall = now_ms();
         let location = self.registrar.location();
         let user = req.uri.user_unescaped().unwrap_or_default();

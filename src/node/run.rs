@@ -93,6 +93,8 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         // validated when the config was loaded
         dial_plan: crate::routing::DialPlan::new(cfg.routes.clone()).unwrap_or_default(),
         gateways: cfg.gateways.clone(),
+        authenticate_calls: cfg.calls.authenticate,
+        trusted: cfg.calls.trusted.clone(),
     });
     let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
     let mut tasks = Vec::new();

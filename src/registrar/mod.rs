@@ -116,10 +116,12 @@ impl Registrar {
         // §10.3 step 4 (after the AOR check so foreign junk is not challenged).
         if self.authenticate {
             let user = to.uri.user_unescaped().unwrap_or_default();
-            match self.authenticate(req, &user, now) {
+            match self.authenticate(req, &HeaderName::Authorization, &user, now) {
                 AuthResult::Ok => {}
                 AuthResult::Challenge { stale } => {
-                    return Outcome::Respond(self.challenge(req, stale, now))
+                    metrics::counter!("tandem_register_total", "outcome" => "challenged")
+                        .increment(1);
+                    return Outcome::Respond(self.challenge(req, 401, stale, now));
                 }
                 AuthResult::Malformed => {
                     metrics::counter!("tandem_auth_failures_total", "reason" => "malformed")
@@ -255,9 +257,37 @@ impl Registrar {
         r
     }
 
-    fn authenticate(&self, req: &Request, user: &str, now: Instant) -> AuthResult {
+    /// Authenticates a call (or any request Tandem forwards) from a local user
+    /// (RFC 3261 §22.3: 407 with Proxy-Authenticate): the digest in
+    /// Proxy-Authorization must be the From user's. `Ok(())` when it is;
+    /// otherwise the 407 (or 400 for a malformed header) to send.
+    pub fn authenticate_caller(&self, req: &Request, now: Instant) -> Result<(), Response> {
+        let user = req
+            .from()
+            .and_then(|f| f.uri.user_unescaped())
+            .unwrap_or_default();
+        match self.authenticate(req, &HeaderName::ProxyAuthorization, &user, now) {
+            AuthResult::Ok => Ok(()),
+            AuthResult::Challenge { stale } => Err(self.challenge(req, 407, stale, now)),
+            AuthResult::Malformed => {
+                metrics::counter!("tandem_auth_failures_total", "reason" => "malformed")
+                    .increment(1);
+                let mut r = response_to(req, 400, Some(&crate::sip::message::build::new_tag()));
+                r.reason = "Malformed Proxy-Authorization".into();
+                Err(r)
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        req: &Request,
+        header: &HeaderName,
+        user: &str,
+        now: Instant,
+    ) -> AuthResult {
         let mut saw_ours = None;
-        for v in req.headers.get_all(&HeaderName::Authorization) {
+        for v in req.headers.get_all(header) {
             match auth::parse_authorization(v) {
                 Ok(d) if d.realm == self.realm => {
                     saw_ours = Some(d);
@@ -311,13 +341,18 @@ impl Registrar {
         AuthResult::Ok
     }
 
-    fn challenge(&self, req: &Request, stale: bool, now: Instant) -> Response {
-        metrics::counter!("tandem_register_total", "outcome" => "challenged").increment(1);
-        let mut r = response_to(req, 401, Some(&crate::sip::message::build::new_tag()));
+    /// 401 with WWW-Authenticate (registrar) or 407 with Proxy-Authenticate (proxy).
+    fn challenge(&self, req: &Request, status: u16, stale: bool, now: Instant) -> Response {
+        let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
+        let header = if status == 407 {
+            HeaderName::ProxyAuthenticate
+        } else {
+            HeaderName::WwwAuthenticate
+        };
         let nonce = self.nonces.issue(now);
         for alg in &self.algorithms {
             r.headers.push(
-                HeaderName::WwwAuthenticate,
+                header.clone(),
                 auth::challenge(&self.realm, &nonce, *alg, stale),
             );
         }

@@ -9,6 +9,10 @@ use tandem::config::Config;
 use tandem::node::run::{start, RunningNode};
 use tokio::net::UdpSocket;
 
+/// `sip_extra` that also turns call authentication off (it opens a `[calls]` table,
+/// so it must come last in `sip_extra`).
+pub const OPEN_CALLS: &str = "\n[calls]\nauthenticate = false\n";
+
 /// A test node and the directory holding its store.
 pub struct TestNode {
     pub node: Option<RunningNode>,
@@ -67,8 +71,9 @@ impl TestNode {
     }
 
     /// A node without authentication.
+    /// A node without authentication: neither REGISTERs nor calls are challenged.
     pub async fn open() -> TestNode {
-        Self::start("authenticate = false", "").await
+        Self::start("authenticate = false", OPEN_CALLS).await
     }
 
     pub fn udp(&self) -> SocketAddr {
