@@ -387,3 +387,55 @@ async fn calls_from_local_users_are_challenged_with_407() {
     let r = caller.request(&bad).await;
     assert_eq!(status(&r), 407, "{r}");
 }
+
+#[tokio::test]
+async fn gateway_that_stops_answering_options_is_skipped() {
+    let gw1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gw2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!(
+        "\n[[gateways]]\nname = \"silent\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
+         [[gateways]]\nname = \"alive\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
+         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}",
+        gw1.local_addr().unwrap(),
+        gw2.local_addr().unwrap()
+    );
+    let n = TestNode::start("authenticate = false", &extra).await;
+    let silent = UdpClient {
+        sock: gw1,
+        server: n.udp(),
+    };
+    let alive = UdpClient {
+        sock: gw2,
+        server: n.udp(),
+    };
+    // the live gateway answers every OPTIONS; the silent one never does. After the
+    // probe timeout (5 s) the silent one is down.
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    while std::time::Instant::now() < until {
+        if let Some(m) = alive.recv(Duration::from_millis(200)).await {
+            if m.starts_with("OPTIONS") {
+                reply(&alive, &answer(&m, 200, "OK", "gw", "")).await;
+            }
+        }
+    }
+    let metrics = http_get(n.admin(), "/metrics").await;
+    assert!(
+        metrics.contains("tandem_gateway_up{gateway=\"silent\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_gateway_up{gateway=\"alive\"} 1"),
+        "{metrics}"
+    );
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:95550000@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "call-skip", "cs").as_bytes())
+        .await;
+    let inv = next_request(&alive, "INVITE").await;
+    assert!(inv.contains("call-skip"), "{inv}");
+    // the silent gateway got probes only, never the INVITE
+    while let Some(m) = silent.recv(Duration::from_millis(300)).await {
+        assert!(m.starts_with("OPTIONS"), "{m}");
+    }
+}

@@ -10,6 +10,7 @@ use crate::config::GatewayConfig;
 use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
+use crate::proxy::probe::GatewayProber;
 use crate::proxy::stateful::{Action, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::{Outcome, Registrar};
 use crate::routing::{Destination, DialPlan};
@@ -44,6 +45,8 @@ pub struct Node {
     outbound: OnceLock<Arc<tokio::net::UdpSocket>>,
     /// Digit analysis: the dial plan and the gateways of each group, in order.
     routing: OnceLock<Routing>,
+    /// OPTIONS probes of the gateways; a silent gateway is skipped.
+    prober: Mutex<Option<GatewayProber>>,
     /// Held while the proxy's actions are taken and carried out, so two receive
     /// tasks cannot reorder them (a 180 overtaking its 200 breaks callers).
     proxy_out: Mutex<()>,
@@ -162,6 +165,7 @@ impl Node {
             })),
             outbound: OnceLock::new(),
             routing: OnceLock::new(),
+            prober: Mutex::new(None),
             proxy_out: Mutex::new(()),
         }
     }
@@ -174,11 +178,30 @@ impl Node {
     /// Sets the socket and address requests are forwarded from (Via, Record-Route).
     pub fn set_outbound(&self, sock: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
         self.proxy.lock().set_local(local);
+        if let Some(p) = self.prober.lock().as_mut() {
+            p.set_local(local);
+        }
         let _ = self.outbound.set(sock);
     }
 
     /// Sets the dial plan and gateways (once, at start).
     pub fn set_routing(&self, routing: Routing) {
+        if !routing.gateways.is_empty() {
+            let gws: Vec<(String, SocketAddr)> = routing
+                .gateways
+                .iter()
+                .map(|g| (g.name.clone(), g.address))
+                .collect();
+            *self.prober.lock() = Some(GatewayProber::new(
+                Instant::now(),
+                &gws,
+                self.proxy.lock().local(),
+                // probe every 10 s; silent for 5 s means down (docs in config/tandem.toml)
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                crate::sip::transaction::TimerConfig::default(),
+            ));
+        }
         let _ = self.routing.set(routing);
     }
 
@@ -337,6 +360,10 @@ impl Node {
                     })
                     .unwrap_or_default();
                 gws.sort_by_key(|g| g.order);
+                // a gateway that stopped answering OPTIONS is skipped until it answers
+                if let Some(p) = self.prober.lock().as_ref() {
+                    gws.retain(|g| p.is_up(&g.name));
+                }
                 let targets = gws
                     .into_iter()
                     .map(|g| Target {
@@ -484,9 +511,18 @@ impl Node {
         match msg {
             Message::Request(req) => self.handle_request(this, req, src),
             Message::Response(resp) => {
-                if self.proxy.lock().on_response(Instant::now(), &resp, data) {
+                if self
+                    .proxy
+                    .lock()
+                    .on_response(Instant::now(), &resp, data.clone())
+                {
                     self.run_proxy_actions();
                     return;
+                }
+                if let Some(p) = self.prober.lock().as_mut() {
+                    if p.on_response(Instant::now(), &resp, data) {
+                        return;
+                    }
                 }
                 // A response that matches no client transaction is dropped
                 // (RFC 3261 §18.1.2; RFC 4475 `unreason`, `bcast`).
@@ -650,6 +686,25 @@ impl Node {
             metrics::gauge!("tandem_proxy_contexts").set(p.active() as f64);
         }
         self.run_proxy_actions();
+        let probes: Vec<(SocketAddr, Bytes)> = match self.prober.lock().as_mut() {
+            Some(p) => {
+                p.handle_timeout(Instant::now());
+                for (name, up) in p.states() {
+                    metrics::gauge!("tandem_gateway_up", "gateway" => name).set(if up {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                }
+                std::iter::from_fn(|| p.poll_transmit()).collect()
+            }
+            None => Vec::new(),
+        };
+        if let Some(sock) = self.outbound.get() {
+            for (to, b) in probes {
+                Replier::Udp(sock.clone()).send(to, b);
+            }
+        }
         let mut out = Vec::new();
         {
             let mut t = self.transactions.lock();

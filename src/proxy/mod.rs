@@ -3,4 +3,5 @@
 
 pub mod calls;
 pub mod cdr;
+pub mod probe;
 pub mod stateful;
