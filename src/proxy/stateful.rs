@@ -134,6 +134,8 @@ struct Context {
     cancelled: bool,
     /// Timer C (§16.6 step 11): an INVITE that has not been answered is cancelled.
     timer_c: Option<Instant>,
+    /// This context's entry in `Proxy::timer_c_owner`.
+    timer_c_id: Option<u64>,
     record_route: bool,
 }
 
@@ -151,6 +153,8 @@ pub struct Proxy {
     branches: HashMap<String, Branch>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     actions: VecDeque<Action>,
+    /// Timer C id → the context it belongs to; removed when it fires.
+    timer_c_owner: HashMap<u64, TxKey>,
     counter: u64,
     salt: u64,
 }
@@ -179,6 +183,7 @@ impl Proxy {
             branches: HashMap::new(),
             timers: BinaryHeap::new(),
             actions: VecDeque::new(),
+            timer_c_owner: HashMap::new(),
             counter: 0,
             salt: rand::random(),
         }
@@ -256,11 +261,18 @@ impl Proxy {
             final_sent: false,
             cancelled: false,
             timer_c: invite.then(|| now + self.cfg.timer_c),
+            timer_c_id: None,
             record_route,
         };
+        let mut ctx = ctx;
         if let Some(t) = ctx.timer_c {
-            self.timers
-                .push(Reverse((t, format!("C|{}", key_string(&server)))));
+            // Timer C entries name the context by a number, found in `timer_c_owner`
+            // (no scan of the contexts when one fires).
+            self.counter += 1;
+            let id = self.counter;
+            self.timer_c_owner.insert(id, server.clone());
+            self.timers.push(Reverse((t, format!("C|{id}"))));
+            ctx.timer_c_id = Some(id);
         }
         self.contexts.insert(server.clone(), ctx);
         if invite {
@@ -537,6 +549,9 @@ impl Proxy {
         let Some(ctx) = self.contexts.remove(server) else {
             return;
         };
+        if let Some(id) = ctx.timer_c_id {
+            self.timer_c_owner.remove(&id);
+        }
         if !ctx.final_sent {
             let (status, bytes) = ctx.best.unwrap_or_else(|| {
                 let r = crate::sip::message::build::response_to(
@@ -703,13 +718,14 @@ impl Proxy {
             let Some(Reverse((at, key))) = self.timers.pop() else {
                 break;
             };
-            if let Some(server) = key.strip_prefix("C|") {
+            if let Some(id) = key.strip_prefix("C|") {
                 // Timer C: cancel what is still ringing (§16.8).
-                let found = self
-                    .contexts
-                    .iter()
-                    .find(|(k, c)| key_string(k) == server && c.timer_c == Some(at))
-                    .map(|(k, _)| k.clone());
+                let owner = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.timer_c_owner.remove(&id));
+                let found =
+                    owner.filter(|k| self.contexts.get(k).is_some_and(|c| c.timer_c == Some(at)));
                 if let Some(server) = found {
                     self.cancel(now, &server);
                     if let Some(ctx) = self.contexts.get_mut(&server) {
@@ -774,10 +790,6 @@ fn call_of(req: &Request) -> (String, String) {
     )
 }
 
-fn key_string(k: &TxKey) -> String {
-    format!("{k:?}")
-}
-
 /// The response with our Via removed, for upstream (§16.7 step 3).
 fn upstream(bytes: &Bytes) -> Option<Response> {
     let crate::sip::message::Message::Response(mut r) = crate::sip::message::parse(bytes).ok()?
@@ -837,5 +849,73 @@ fn derived_request(sent: &Request, method: Method, resp: Option<&Response>) -> R
         headers,
         body: Bytes::new(),
         parsed: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{parse, Message};
+
+    fn request(text: &str) -> Request {
+        match parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            _ => panic!("not a request"),
+        }
+    }
+
+    #[test]
+    fn timer_c_cancels_a_call_that_rings_forever() {
+        let t0 = Instant::now();
+        let mut p = Proxy::new(ProxyConfig {
+            local: "127.0.0.1:5060".parse().unwrap(),
+            timers: TimerConfig::default(),
+            timer_c: Duration::from_secs(180),
+        });
+        let inv = request(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+             From: <sip:a@h>;tag=1\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: tc\r\nCSeq: 1 INVITE\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        );
+        let via = inv.top_via().unwrap();
+        let server = TxKey::for_request(&inv, &via, "INVITE");
+        let dest: SocketAddr = "127.0.0.1:5090".parse().unwrap();
+        let target = Target {
+            uri: "sip:bob@127.0.0.1:5090".into(),
+            dest,
+            gateway: None,
+        };
+        p.forward(t0, server.clone(), inv, Plan::Parallel(vec![target]), true);
+        let sent = std::iter::from_fn(|| p.poll_action())
+            .find_map(|a| match a {
+                Action::Send { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .expect("the INVITE goes downstream");
+        let fwd = request(std::str::from_utf8(&sent).unwrap());
+        // the callee rings: 180 with the branch Tandem put in its Via
+        let mut ringing = "SIP/2.0 180 Ringing\r\n".to_string();
+        for h in fwd.headers.iter().filter(|h| {
+            matches!(
+                h.name,
+                HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq
+            )
+        }) {
+            ringing.push_str(&format!("{}: {}\r\n", h.name, h.value));
+        }
+        ringing.push_str("To: <sip:bob@127.0.0.1>;tag=b\r\nContent-Length: 0\r\n\r\n");
+        let Message::Response(r) = parse(ringing.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(p.on_response(t0 + Duration::from_secs(1), &r, Bytes::from(ringing)));
+        while p.poll_action().is_some() {}
+        // nothing for 180 s: Timer C cancels the branch
+        p.handle_timeout(t0 + Duration::from_secs(181));
+        let cancel = std::iter::from_fn(|| p.poll_action()).find_map(|a| match a {
+            Action::Send { bytes, .. } if bytes.starts_with(b"CANCEL") => Some(bytes),
+            _ => None,
+        });
+        assert!(cancel.is_some(), "Timer C sends a CANCEL");
+        assert!(p.timer_c_owner.is_empty(), "the fired timer is forgotten");
     }
 }
