@@ -237,6 +237,14 @@ pub struct GatewayConfig {
     /// Order within the group: lower is tried first; 503 or a timeout tries the next.
     #[serde(default)]
     pub order: u32,
+    /// Probe with OPTIONS and skip the gateway while it does not answer. Turn off
+    /// for a peer that does not answer OPTIONS (it would be skipped for good).
+    #[serde(default = "yes")]
+    pub probe: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One route pattern of the dial plan (`docs/dial-plan.md`): dialed numbers that

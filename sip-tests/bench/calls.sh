@@ -69,6 +69,8 @@ name = "sipp-answer"
 address = "127.0.0.1:5090"
 group = "bench"
 order = 1
+# SIPp's answer.xml does not answer OPTIONS
+probe = false
 
 [[routes]]
 pattern = "9XXX"

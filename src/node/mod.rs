@@ -187,9 +187,11 @@ impl Node {
     /// Sets the dial plan and gateways (once, at start).
     pub fn set_routing(&self, routing: Routing) {
         if !routing.gateways.is_empty() {
+            // gateways with `probe = false` are never probed, so always up
             let gws: Vec<(String, SocketAddr)> = routing
                 .gateways
                 .iter()
+                .filter(|g| g.probe)
                 .map(|g| (g.name.clone(), g.address))
                 .collect();
             *self.prober.lock() = Some(GatewayProber::new(
