@@ -429,7 +429,7 @@ impl Node {
         src: &Source,
         dest: SocketAddr,
     ) {
-        pop_top_route(&mut req.headers);
+        req.headers.pop_first_value(&HeaderName::Route); // ours, §16.4
         if req.method == Method::Bye {
             // the table finds the dialog from either side
             let id = DialogId {
@@ -441,12 +441,8 @@ impl Node {
         }
         let next = req
             .headers
-            .get(&HeaderName::Route)
-            .and_then(|r| {
-                crate::sip::message::scan::split_commas(r)
-                    .and_then(|p| p.first().map(|s| s.to_string()))
-            })
-            .and_then(|r| crate::sip::message::NameAddr::parse(&r).map(|n| n.uri))
+            .first_value(&HeaderName::Route)
+            .and_then(|r| crate::sip::message::NameAddr::parse(r).map(|n| n.uri))
             .unwrap_or_else(|| req.uri.clone());
         let host = next.host.trim_start_matches('[').trim_end_matches(']');
         let Some(next_hop) = host
@@ -573,11 +569,8 @@ impl Node {
             if self.transactions.lock().handle_ack(now, &key) {
                 return;
             }
-            let top_route = req.headers.get(&HeaderName::Route).and_then(|r| {
-                crate::sip::message::scan::split_commas(r)
-                    .and_then(|p| p.first().map(|s| s.to_string()))
-            });
-            if top_route.is_some_and(|r| self.proxy_owns_route(&r)) {
+            let top_route = req.headers.first_value(&HeaderName::Route);
+            if top_route.is_some_and(|r| self.proxy_owns_route(r)) {
                 self.forward_in_dialog(None, req, &src, dest);
             }
             return;
@@ -823,19 +816,4 @@ fn status_label(s: u16) -> &'static str {
 /// A protocol label for a transport.
 pub fn protocol_label(p: Protocol) -> &'static str {
     p.as_str()
-}
-
-/// Removes the first Route value (ours), §16.4.
-fn pop_top_route(headers: &mut crate::sip::message::Headers) {
-    let Some(i) = headers.0.iter().position(|h| h.name == HeaderName::Route) else {
-        return;
-    };
-    let rest = crate::sip::message::scan::split_commas(&headers.0[i].value)
-        .map(|p| p[1..].join(", "))
-        .unwrap_or_default();
-    if rest.is_empty() {
-        headers.0.remove(i);
-    } else {
-        headers.0[i].value = rest;
-    }
 }

@@ -55,11 +55,8 @@ pub fn route(node: &Node, req: &Request) -> Route {
     }
     // §16.4: a request whose top Route is this proxy follows the route set of a
     // dialog Tandem record-routed.
-    if let Some(route) = req.headers.get(&HeaderName::Route) {
-        let top = crate::sip::message::scan::split_commas(route)
-            .and_then(|p| p.first().map(|s| s.to_string()))
-            .unwrap_or_default();
-        if node.proxy_owns_route(&top) {
+    if let Some(top) = req.headers.first_value(&HeaderName::Route) {
+        if node.proxy_owns_route(top) {
             if !unsupported(req, &[HeaderName::ProxyRequire]).is_empty() {
                 let mut r = respond(420);
                 r.headers.push(

@@ -796,24 +796,9 @@ fn upstream(bytes: &Bytes) -> Option<Response> {
     else {
         return None;
     };
-    pop_top_via(&mut r.headers);
+    r.headers.pop_first_value(&HeaderName::Via);
     r.headers.get(&HeaderName::Via)?; // a response for us alone has nowhere to go
     Some(r)
-}
-
-/// Removes the first Via value (which may share a header field with others).
-pub fn pop_top_via(headers: &mut crate::sip::message::Headers) {
-    let Some(i) = headers.0.iter().position(|h| h.name == HeaderName::Via) else {
-        return;
-    };
-    let rest = crate::sip::message::scan::split_commas(&headers.0[i].value)
-        .map(|p| p[1..].join(", "))
-        .unwrap_or_default();
-    if rest.is_empty() {
-        headers.0.remove(i);
-    } else {
-        headers.0[i].value = rest;
-    }
 }
 
 /// CANCEL or ACK for a sent INVITE (§9.1, §17.1.1.3): same Request-URI, top Via,

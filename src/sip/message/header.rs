@@ -125,6 +125,30 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = &Header> {
         self.0.iter()
     }
+
+    /// The first value of the first header with this name (header fields may hold
+    /// comma-separated values, RFC 3261 §7.3.1), e.g. the top Route.
+    pub fn first_value(&self, name: &HeaderName) -> Option<&str> {
+        let v = self.get(name)?;
+        super::scan::split_commas(v).and_then(|p| p.first().copied())
+    }
+
+    /// Removes the first value of the first header with this name, which may share
+    /// its header field with further comma-separated values (a proxy popping its
+    /// own Via, RFC 3261 §16.7 step 3, or its own Route, §16.4).
+    pub fn pop_first_value(&mut self, name: &HeaderName) {
+        let Some(i) = self.0.iter().position(|h| same(&h.name, name)) else {
+            return;
+        };
+        let rest = super::scan::split_commas(&self.0[i].value)
+            .map(|p| p[1..].join(", "))
+            .unwrap_or_default();
+        if rest.is_empty() {
+            self.0.remove(i);
+        } else {
+            self.0[i].value = rest;
+        }
+    }
 }
 
 fn same(a: &HeaderName, b: &HeaderName) -> bool {
@@ -150,5 +174,22 @@ mod tests {
         let mut h = Headers::default();
         h.push(HeaderName::from_wire("X-Foo"), "1");
         assert_eq!(h.get(&HeaderName::Other("x-foo".into())), Some("1"));
+    }
+
+    #[test]
+    fn pop_first_value_keeps_the_rest_of_the_field() {
+        let mut h = Headers::default();
+        h.push(HeaderName::Route, "<sip:a;lr>, <sip:b;lr>");
+        h.push(HeaderName::Route, "<sip:c;lr>");
+        h.pop_first_value(&HeaderName::Route);
+        assert_eq!(
+            h.get_all(&HeaderName::Route).collect::<Vec<_>>(),
+            vec!["<sip:b;lr>", "<sip:c;lr>"]
+        );
+        h.pop_first_value(&HeaderName::Route);
+        assert_eq!(
+            h.get_all(&HeaderName::Route).collect::<Vec<_>>(),
+            vec!["<sip:c;lr>"]
+        );
     }
 }
