@@ -267,27 +267,31 @@ async fn failure_responses_reach_the_caller_and_unknown_users_get_404() {
     assert_eq!(status(&r), 404, "{r}");
 }
 
-#[tokio::test]
-async fn gateway_group_fails_over_and_503_is_never_relayed() {
-    // two gateways in one group, tried in order; digits translated by the pattern
+/// A node with one gateway group `pstn` of two gateways (named `first`, tried
+/// first, and `second`) on fresh sockets, and the route `9.!` to it.
+async fn two_gateway_node(first: &str, second: &str) -> (TestNode, UdpClient, UdpClient) {
     let gw1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let gw2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let extra = format!(
-        "\n[[gateways]]\nname = \"gw-a\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
-         [[gateways]]\nname = \"gw-b\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
+        "\n[[gateways]]\nname = \"{first}\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
+         [[gateways]]\nname = \"{second}\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
          [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}",
         gw1.local_addr().unwrap(),
         gw2.local_addr().unwrap()
     );
     let n = TestNode::start("authenticate = false", &extra).await;
-    let gw1 = UdpClient {
-        sock: gw1,
-        server: n.udp(),
-    };
-    let gw2 = UdpClient {
-        sock: gw2,
-        server: n.udp(),
-    };
+    let server = n.udp();
+    (
+        n,
+        UdpClient { sock: gw1, server },
+        UdpClient { sock: gw2, server },
+    )
+}
+
+#[tokio::test]
+async fn gateway_group_fails_over_and_503_is_never_relayed() {
+    // two gateways in one group, tried in order; digits translated by the pattern
+    let (n, gw1, gw2) = two_gateway_node("gw-a", "gw-b").await;
     let caller = UdpClient::new(n.udp()).await;
     let ruri = format!("sip:95551234@{}", n.udp());
     caller
@@ -390,24 +394,7 @@ async fn calls_from_local_users_are_challenged_with_407() {
 
 #[tokio::test]
 async fn gateway_that_stops_answering_options_is_skipped() {
-    let gw1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let gw2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let extra = format!(
-        "\n[[gateways]]\nname = \"silent\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
-         [[gateways]]\nname = \"alive\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
-         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}",
-        gw1.local_addr().unwrap(),
-        gw2.local_addr().unwrap()
-    );
-    let n = TestNode::start("authenticate = false", &extra).await;
-    let silent = UdpClient {
-        sock: gw1,
-        server: n.udp(),
-    };
-    let alive = UdpClient {
-        sock: gw2,
-        server: n.udp(),
-    };
+    let (n, silent, alive) = two_gateway_node("silent", "alive").await;
     // the live gateway answers every OPTIONS; the silent one never does. After the
     // probe timeout (5 s) the silent one is down.
     let until = std::time::Instant::now() + Duration::from_secs(7);
