@@ -89,31 +89,93 @@ async fn reply(c: &UdpClient, msg: &str) {
     c.send(msg.as_bytes()).await;
 }
 
+/// One party's view of an established dialog (RFC 3261 §12.1): the remote target,
+/// the route set and the From/To/Call-ID its in-dialog requests carry.
+struct Leg {
+    target: String,
+    routes: Vec<String>,
+    from: String,
+    to: String,
+    call_id: String,
+}
+
+/// The URI inside `<...>` of a name-addr.
+fn uri_of(name_addr: &str) -> String {
+    let s = name_addr.split_once('<').map_or(name_addr, |(_, r)| r);
+    s.split('>').next().unwrap_or(s).to_string()
+}
+
+impl Leg {
+    /// The caller's side, from the 2xx it got: route set = Record-Route reversed
+    /// (§12.1.2), target = the callee's Contact.
+    fn caller(ok: &str) -> Leg {
+        Leg {
+            target: uri_of(headers(ok, "Contact")[0]),
+            routes: headers(ok, "Record-Route")
+                .into_iter()
+                .rev()
+                .map(String::from)
+                .collect(),
+            from: headers(ok, "From")[0].to_string(),
+            to: headers(ok, "To")[0].to_string(),
+            call_id: headers(ok, "Call-ID")[0].to_string(),
+        }
+    }
+
+    /// The callee's side, from the INVITE it got and the tag it answered with:
+    /// route set = Record-Route in order (§12.1.1), target = the caller's Contact.
+    fn callee(inv: &str, tag: &str) -> Leg {
+        Leg {
+            target: uri_of(headers(inv, "Contact")[0]),
+            routes: headers(inv, "Record-Route")
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            from: format!("{};tag={tag}", headers(inv, "To")[0]),
+            to: headers(inv, "From")[0].to_string(),
+            call_id: headers(inv, "Call-ID")[0].to_string(),
+        }
+    }
+
+    /// An in-dialog request from `sender` along the route set (loose routing, §12.2.1.1).
+    fn request(
+        &self,
+        sender: &UdpClient,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let route: String = self
+            .routes
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        format!(
+            "{method} {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
+             {route}\
+             Max-Forwards: 70\r\n\
+             From: {from}\r\n\
+             To: {to}\r\n\
+             Call-ID: {cid}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             {extra}\
+             Content-Length: {len}\r\n\r\n{body}",
+            target = self.target,
+            port = sender.port(),
+            from = self.from,
+            to = self.to,
+            cid = self.call_id,
+            len = body.len(),
+        )
+    }
+}
+
 /// An in-dialog request from the caller along the route set learned from the 200.
 fn in_dialog(caller: &UdpClient, method: &str, ok: &str, cseq: u32, branch: &str) -> String {
-    let target = headers(ok, "Contact")[0]
-        .trim_matches(|c| c == '<' || c == '>')
-        .to_string();
-    let routes: Vec<&str> = headers(ok, "Record-Route");
-    let mut route = String::new();
-    for r in &routes {
-        route.push_str(&format!("Route: {r}\r\n"));
-    }
-    format!(
-        "{method} {target} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
-         {route}\
-         Max-Forwards: 70\r\n\
-         From: {from}\r\n\
-         To: {to}\r\n\
-         Call-ID: {cid}\r\n\
-         CSeq: {cseq} {method}\r\n\
-         Content-Length: 0\r\n\r\n",
-        port = caller.port(),
-        from = headers(ok, "From")[0],
-        to = headers(ok, "To")[0],
-        cid = headers(ok, "Call-ID")[0],
-    )
+    Leg::caller(ok).request(caller, method, cseq, branch, "", "")
 }
 
 #[tokio::test]
@@ -425,4 +487,198 @@ async fn gateway_that_stops_answering_options_is_skipped() {
     while let Some(m) = silent.recv(Duration::from_millis(300)).await {
         assert!(m.starts_with("OPTIONS"), "{m}");
     }
+}
+
+/// A call caller → Tandem → bob, answered (bob's tag `bobtag`) and ACKed:
+/// (caller, bob, the 200 the caller got, the INVITE bob got).
+async fn established_call(n: &TestNode, call_id: &str) -> (UdpClient, UdpClient, String, String) {
+    let bob = phone(n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, call_id, call_id).as_bytes())
+        .await;
+    let inv = next_request(&bob, "INVITE").await;
+    let contact = format!("Contact: <sip:bob@127.0.0.1:{}>\r\n", bob.port());
+    reply(&bob, &answer(&inv, 200, "OK", "bobtag", &contact)).await;
+    let ok = next_status(&caller, 200).await;
+    let ack = in_dialog(&caller, "ACK", &ok, 1, &format!("{call_id}-ack"));
+    caller.send(ack.as_bytes()).await;
+    next_request(&bob, "ACK").await;
+    (caller, bob, ok, inv)
+}
+
+/// The one call in `GET /calls`: (Call-ID, state).
+async fn only_call(n: &TestNode) -> (String, String) {
+    let body = http_get(n.admin(), "/calls").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let calls = v["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 1, "{body}");
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+    (s(&calls[0]["key"]["call_id"]), s(&calls[0]["state"]))
+}
+
+/// In-dialog methods (issue 3): extra header lines (`{contact}` is the sender's
+/// Contact), body, and the answer the other party gives.
+const IN_DIALOG: &[(&str, &str, &str, u16, &str)] = &[
+    (
+        "INVITE",
+        "Contact: {contact}\r\nContent-Type: application/sdp\r\n",
+        "v=0\n",
+        200,
+        "OK",
+    ),
+    ("UPDATE", "Contact: {contact}\r\n", "", 200, "OK"),
+    (
+        "INFO",
+        "Info-Package: dtmf\r\nContent-Type: application/dtmf\r\n",
+        "Signal=5\n",
+        200,
+        "OK",
+    ),
+    (
+        "REFER",
+        "Contact: {contact}\r\nRefer-To: <sip:carol@127.0.0.1>\r\n",
+        "",
+        202,
+        "Accepted",
+    ),
+    (
+        "MESSAGE",
+        "Content-Type: text/plain\r\n",
+        "hello",
+        200,
+        "OK",
+    ),
+    (
+        "NOTIFY",
+        "Event: refer\r\nSubscription-State: active;expires=60\r\n",
+        "",
+        200,
+        "OK",
+    ),
+];
+
+#[tokio::test]
+async fn in_dialog_requests_follow_the_route_set_both_ways() {
+    let n = TestNode::open().await;
+    let (caller, bob, ok, inv) = established_call(&n, "call-dlg").await;
+    let caller_contact = format!("<sip:caller@127.0.0.1:{}>", caller.port());
+    let bob_contact = format!("<sip:bob@127.0.0.1:{}>", bob.port());
+    let sides = [
+        (
+            "c2b",
+            &caller,
+            Leg::caller(&ok),
+            &caller_contact,
+            &bob,
+            &bob_contact,
+        ),
+        (
+            "b2c",
+            &bob,
+            Leg::callee(&inv, "bobtag"),
+            &bob_contact,
+            &caller,
+            &caller_contact,
+        ),
+    ];
+    for (dir, sender, leg, contact, peer, peer_contact) in sides {
+        for (i, &(method, extra, body, code, reason)) in IN_DIALOG.iter().enumerate() {
+            let what = format!("{method} {dir}");
+            let cseq = 10 + i as u32;
+            let branch = format!("{dir}{method}");
+            let extra = extra.replace("{contact}", contact);
+            let req = leg.request(sender, method, cseq, &branch, &extra, body);
+            sender.send(req.as_bytes()).await;
+
+            // the peer gets it: Tandem's Route popped, R-URI the remote target,
+            // Tandem's Via on top, Max-Forwards decremented, dialog ids unchanged
+            let fwd = next_request(peer, method).await;
+            let start = format!("{method} {} SIP/2.0\r\n", leg.target);
+            assert!(fwd.starts_with(&start), "{what}: {fwd}");
+            assert!(headers(&fwd, "Route").is_empty(), "{what}: {fwd}");
+            let vias = headers(&fwd, "Via");
+            assert_eq!(vias.len(), 2, "{what}: {fwd}");
+            assert!(vias[0].contains(&n.udp().to_string()), "{what}: {fwd}");
+            assert!(
+                vias[1].contains(&format!("branch=z9hG4bK{branch}")),
+                "{what}: {fwd}"
+            );
+            assert_eq!(headers(&fwd, "Max-Forwards"), ["69"], "{what}");
+            for h in ["From", "To", "Call-ID", "CSeq"] {
+                assert_eq!(headers(&fwd, h), headers(&req, h), "{what}: {h}");
+            }
+            assert!(fwd.ends_with(&format!("\r\n\r\n{body}")), "{what}: {fwd}");
+
+            // its answer reaches the sender without Tandem's Via
+            let contact_line = format!("Contact: {peer_contact}\r\n");
+            let extra = if method == "INVITE" {
+                contact_line.as_str()
+            } else {
+                ""
+            };
+            reply(peer, &answer(&fwd, code, reason, "", extra)).await;
+            let resp = next_status(sender, code).await;
+            let vias = headers(&resp, "Via");
+            assert_eq!(vias.len(), 1, "{what}: {resp}");
+            assert!(
+                vias[0].contains(&format!("branch=z9hG4bK{branch}")),
+                "{what}: {resp}"
+            );
+            assert_eq!(
+                headers(&resp, "CSeq"),
+                [format!("{cseq} {method}")],
+                "{what}"
+            );
+            assert_eq!(headers(&resp, "To"), headers(&req, "To"), "{what}");
+
+            if method == "INVITE" {
+                // the ACK for the re-INVITE's 2xx goes end to end too (§16.11)
+                let ack = leg.request(sender, "ACK", cseq, &format!("{branch}ack"), "", "");
+                sender.send(ack.as_bytes()).await;
+                let fack = next_request(peer, "ACK").await;
+                assert!(fack.starts_with(&format!("ACK {} ", leg.target)), "{fack}");
+                assert!(headers(&fack, "Route").is_empty(), "{fack}");
+                assert_eq!(headers(&fack, "CSeq"), [format!("{cseq} ACK")], "{fack}");
+            }
+            let call = only_call(&n).await;
+            assert_eq!(
+                call,
+                ("call-dlg".into(), "confirmed".into()),
+                "after {what}"
+            );
+        }
+    }
+
+    // the callee hangs up: the BYE reaches the caller and ends the call
+    let bob_leg = Leg::callee(&inv, "bobtag");
+    let bye = bob_leg.request(&bob, "BYE", 20, "b2cbye", "", "");
+    bob.send(bye.as_bytes()).await;
+    let fbye = next_request(&caller, "BYE").await;
+    assert!(headers(&fbye, "Route").is_empty(), "{fbye}");
+    reply(&caller, &answer(&fbye, 200, "OK", "", "")).await;
+    let bye_ok = next_status(&bob, 200).await;
+    assert_eq!(headers(&bye_ok, "CSeq"), ["20 BYE"], "{bye_ok}");
+    let call = only_call(&n).await;
+    assert_eq!(call, ("call-dlg".into(), "terminated".into()));
+}
+
+#[tokio::test]
+async fn callee_481_to_an_in_dialog_info_reaches_the_caller() {
+    let n = TestNode::open().await;
+    let (caller, bob, ok, _) = established_call(&n, "call-481").await;
+    let info = Leg::caller(&ok).request(&caller, "INFO", 2, "info481", "", "");
+    caller.send(info.as_bytes()).await;
+    let fwd = next_request(&bob, "INFO").await;
+    reply(
+        &bob,
+        &answer(&fwd, 481, "Call/Transaction Does Not Exist", "", ""),
+    )
+    .await;
+    let r = next_status(&caller, 481).await;
+    let vias = headers(&r, "Via");
+    assert_eq!(vias.len(), 1, "Tandem removed its Via: {r}");
+    assert!(vias[0].contains("branch=z9hG4bKinfo481"), "{r}");
+    assert_eq!(headers(&r, "CSeq"), ["2 INFO"], "{r}");
 }
