@@ -82,6 +82,7 @@ command -v sipp >/dev/null || need_pkgs+=(sip-tester)
 command -v sipsak >/dev/null || need_pkgs+=(sipsak)
 command -v linphonec >/dev/null || need_pkgs+=(linphone-cli)
 command -v tmux >/dev/null || need_pkgs+=(tmux)
+command -v python3 >/dev/null || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing ${need_pkgs[*]} (apt-get)"
   { timeout 300 apt-get update -q &&
@@ -115,6 +116,68 @@ wait_bindings() {
     [ $tries -le 0 ] && { got_bindings=$b; return 1; }
     sleep 0.1
   done
+}
+
+# ---- linphonec sessions under tmux (headless: no terminal, no sound card)
+# lp_start NAME [RC-EXTRA]: starts linphonec in tmux session NAME with its own HOME
+# ($work/NAME) and linphonerc, log in $work/NAME/linphonec.log; waits for the prompt.
+lp_start() {
+  local name=$1 home=$work/$1 i
+  # liblinphone keeps its database in $HOME/.local/share/linphone: without that
+  # directory the core never starts (no socket, no REGISTER).
+  mkdir -p "$home/.local/share/linphone" "$home/.config"
+  # Random SIP ports (-1), no TLS; without a sound card the core has no audio
+  # device (`soundcard use files` plays and records .wav files instead).
+  cat >"$home/linphonerc" <<EOF
+[sip]
+sip_port=-1
+sip_tcp_port=-1
+sip_tls_port=0
+register_only_when_network_is_up=0
+[sound]
+echocancellation=0
+[video]
+enabled=0
+display=0
+capture=0
+${2:-}
+EOF
+  local cmd="env HOME='$home' XDG_CONFIG_HOME='$home/.config' XDG_DATA_HOME='$home/.local/share' \
+     linphonec -c '$home/linphonerc' -d 6 -l '$home/linphonec.log'; echo LINPHONEC-EXITED status=\$?; sleep 120"
+  env TERM=xterm tmux -S "$tmux_sock" new-session -d -s "$name" -x 220 -y 60 "$cmd"
+  for i in $(seq 1 100); do
+    if lp_pane "$name" | grep -q 'linphonec>'; then return 0; fi
+    if lp_pane "$name" | grep -q LINPHONEC-EXITED; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}
+lp_pane() { tmux -S "$tmux_sock" capture-pane -p -J -S -300 -t "$1" 2>/dev/null; }
+lp_send() { tmux -S "$tmux_sock" send-keys -t "$1" "$2" Enter; }
+lp_stop() { tmux -S "$tmux_sock" kill-session -t "$1" >/dev/null 2>&1; }
+# lp_cmd_wait NAME CMD REGEX SECONDS: types CMD until the pane shows REGEX
+# (re-typing CMD every second); REGEX is looked for only in output after CMD.
+lp_cmd_wait() {
+  local name=$1 cmd=$2 re=$3 secs=$4 n=0
+  while [ $n -lt "$secs" ]; do
+    lp_send "$name" "$cmd"
+    sleep 1
+    if lp_pane "$name" | awk -v c="$cmd" 'index($0, c) { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' |
+         grep -Eq "$re"; then
+      return 0
+    fi
+    n=$((n + 1))
+  done
+  return 1
+}
+# lp_wait NAME REGEX SECONDS: waits until the pane shows REGEX.
+lp_wait() {
+  local i
+  for i in $(seq 1 $(($3 * 10))); do
+    lp_pane "$1" | grep -Eq "$2" && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 # mkconf BASE OUT: BASE with the listeners moved to our ports and the store in OUT's directory.
@@ -272,61 +335,13 @@ else
   if [ -n "$lp_skip" ]; then
     for c in "${lp_checks[@]}"; do fail "$c" "$lp_skip"; done
   else
-    lphome=$work/linphone-home
-    # liblinphone keeps its database in $HOME/.local/share/linphone: without that
-    # directory the core never starts (no socket, no REGISTER).
-    mkdir -p "$lphome/.local/share/linphone" "$lphome/.config"
-    lprc=$lphome/linphonerc
-    lplog=$work/linphonec.log
-    # Random SIP ports (-1), no TLS; no sound card needed for registration (the
-    # core falls back to no audio device when ALSA/PulseAudio have none).
-    cat >"$lprc" <<EOF
-[sip]
-sip_port=-1
-sip_tcp_port=-1
-sip_tls_port=0
-register_only_when_network_is_up=0
-[sound]
-echocancellation=0
-[video]
-enabled=0
-display=0
-capture=0
-EOF
-    tmx() { tmux -S "$tmux_sock" "$@"; }
-    pane() { tmx capture-pane -p -J -S -300 -t lp 2>/dev/null; }
-    # lp_cmd_wait CMD REGEX SECONDS: types CMD into linphonec until the pane shows REGEX
-    # (re-typing CMD every second); REGEX is looked for only in output after CMD.
-    lp_cmd_wait() {
-      local cmd=$1 re=$2 secs=$3 n=0
-      while [ $n -lt "$secs" ]; do
-        tmx send-keys -t lp "$cmd" Enter
-        sleep 1
-        if pane | awk -v c="$cmd" 'index($0, c) { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' |
-             grep -Eq "$re"; then
-          return 0
-        fi
-        n=$((n + 1))
-      done
-      return 1
-    }
-    env TERM=xterm tmux -S "$tmux_sock" new-session -d -s lp -x 220 -y 60 \
-      "env HOME='$lphome' XDG_CONFIG_HOME='$lphome/.config' XDG_DATA_HOME='$lphome/.local/share' \
-       linphonec -c '$lprc' -d 6 -l '$lplog'; echo LINPHONEC-EXITED status=\$?; sleep 120"
-    # Wait for the prompt.
-    started=0
-    for i in $(seq 1 100); do
-      if pane | grep -q 'linphonec>'; then started=1; break; fi
-      if pane | grep -q LINPHONEC-EXITED; then break; fi
-      sleep 0.1
-    done
-    if [ $started = 0 ]; then
+    if ! lp_start lp; then
       for c in "${lp_checks[@]}"; do fail "$c" "linphonec did not start (no prompt within 10 s)"; done
-      pane | grep -v '^$' | tail -n 10 | indent; show "$lplog"
+      lp_pane lp | grep -v '^$' | tail -n 10 | indent; show "$work/lp/linphonec.log"
     else
       # alice over UDP
-      tmx send-keys -t lp "register sip:alice@127.0.0.1:$sip_port sip:127.0.0.1:$sip_port alice-secret" Enter
-      if lp_cmd_wait "status register" "^registered, identity=sip:alice@127.0.0.1:$sip_port" 10; then
+      lp_send lp "register sip:alice@127.0.0.1:$sip_port sip:127.0.0.1:$sip_port alice-secret"
+      if lp_cmd_wait lp "status register" "^registered, identity=sip:alice@127.0.0.1:$sip_port" 10; then
         if wait_bindings 1 5; then
           pass "linphonec registers alice over UDP (status register: registered; /health bindings=1)"
         else
@@ -334,32 +349,130 @@ EOF
         fi
       else
         fail "linphonec registers alice over UDP" "no 'registered' in status register within 10 s"
-        pane | grep -v '^$' | tail -n 8 | indent
-        grep -E 'SIP/2.0 [0-9]|moving from state' "$lplog" | tail -n 6 | indent
+        lp_pane lp | grep -v '^$' | tail -n 8 | indent
+        grep -E 'SIP/2.0 [0-9]|moving from state' "$work/lp/linphonec.log" | tail -n 6 | indent
       fi
       # bob over TCP: `register` replaces the account (alice is unregistered).
-      tmx send-keys -t lp "register sip:bob@127.0.0.1:$sip_port <sip:127.0.0.1:$sip_port;transport=tcp> bob-secret" Enter
-      if lp_cmd_wait "status register" "^registered, identity=sip:bob@127.0.0.1:$sip_port" 10; then
-        if wait_bindings 1 5 && grep -q "message sent to \[TCP://127.0.0.1:$sip_port\]" "$lplog"; then
+      lp_send lp "register sip:bob@127.0.0.1:$sip_port <sip:127.0.0.1:$sip_port;transport=tcp> bob-secret"
+      if lp_cmd_wait lp "status register" "^registered, identity=sip:bob@127.0.0.1:$sip_port" 10; then
+        if wait_bindings 1 5 && grep -q "message sent to \[TCP://127.0.0.1:$sip_port\]" "$work/lp/linphonec.log"; then
           pass "linphonec registers bob over TCP (status register: registered; /health bindings=1)"
         else
           fail "linphonec registers bob over TCP" "/health bindings=${got_bindings:-$(bindings)} (want 1: bob in, alice out) or no TCP REGISTER in the linphonec log"
         fi
       else
         fail "linphonec registers bob over TCP" "no 'registered' in status register within 10 s"
-        pane | grep -v '^$' | tail -n 8 | indent
-        grep -E 'SIP/2.0 [0-9]|moving from state' "$lplog" | tail -n 6 | indent
+        lp_pane lp | grep -v '^$' | tail -n 8 | indent
+        grep -E 'SIP/2.0 [0-9]|moving from state' "$work/lp/linphonec.log" | tail -n 6 | indent
       fi
       # quit: linphonec unregisters (REGISTER Expires: 0) before exiting.
-      tmx send-keys -t lp "quit" Enter
+      lp_send lp "quit"
       if wait_bindings 0 10; then
         pass "linphonec unregisters on quit (/health bindings=0)"
       else
         fail "linphonec unregisters on quit" "/health bindings=$got_bindings after quit"
       fi
     fi
-    tmx kill-server >/dev/null 2>&1
+    lp_stop lp
   fi
+
+  # ---- two linphonec calling each other through Tandem (issue 3)
+  # alice (UDP) calls bob (${bob_transport}); bob auto-answers. Both play a 440 Hz
+  # tone from a .wav file and record what they hear: each recording must carry the
+  # other's tone, so RTP flowed both ways between the phones (SDP relayed intact).
+  bob_transport=UDP
+  bob_proxy="sip:127.0.0.1:$sip_port"
+  call_checks=("linphonec alice (UDP) and bob ($bob_transport) register for a call"
+               "linphonec alice calls bob: bob auto-answers, /calls shows the call confirmed"
+               "media flows both ways between the two linphonec"
+               "alice hangs up: bob sees the call end, /calls shows it terminated by BYE")
+  call_skip=$lp_skip
+  if [ -z "$call_skip" ] && ! have python3; then call_skip=$(missing_reason python3 python3); fi
+  if [ -n "$call_skip" ]; then
+    for c in "${call_checks[@]}"; do fail "$c" "$call_skip"; done
+  # Each phone its own RTP port (both default to 7078 and would hear themselves).
+  elif ! lp_start alice "$(printf '[rtp]\naudio_rtp_port=%d' $((sip_port + 4)))" ||
+       ! lp_start bob "$(printf '[rtp]\naudio_rtp_port=%d' $((sip_port + 6)))"; then
+    for c in "${call_checks[@]}"; do fail "$c" "linphonec did not start (no prompt within 10 s)"; done
+  else
+    python3 - "$work/tone.wav" <<'PYTONE'
+import math, struct, sys, wave
+w = wave.open(sys.argv[1], "wb")
+w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000)))
+                       for i in range(8000 * 30)))
+w.close()
+PYTONE
+    # rms WAV: root mean square of a 16-bit recording (0 for silence; the tone is ~5600).
+    rms() {
+      python3 - "$1" <<'PYRMS' 2>/dev/null || echo 0
+import array, math, sys, wave
+w = wave.open(sys.argv[1])
+a = array.array("h", w.readframes(w.getnframes()))
+print(int(math.sqrt(sum(x * x for x in a) / len(a))) if a else 0)
+PYRMS
+    }
+    lp_send alice "register sip:alice@127.0.0.1:$sip_port sip:127.0.0.1:$sip_port alice-secret"
+    lp_send bob "register sip:bob@127.0.0.1:$sip_port $bob_proxy bob-secret"
+    if lp_cmd_wait alice "status register" "^registered," 10 &&
+       lp_cmd_wait bob "status register" "^registered," 10 && wait_bindings 2 5; then
+      pass "${call_checks[0]} (/health bindings=2)"
+      for u in alice bob; do
+        lp_send $u "soundcard use files"
+        lp_send $u "play $work/tone.wav"
+        lp_send $u "record $work/$u-heard.wav"
+      done
+      lp_send bob "autoanswer enable"
+      sleep 0.5
+      lp_send alice "call sip:bob@127.0.0.1:$sip_port"
+      calls_json=""
+      if lp_wait alice "Call [0-9]+ with sip:bob@.* connected" 10 &&
+         lp_wait bob "Call [0-9]+ with sip:alice@.* connected" 5; then
+        calls_json=$(http_get "$admin_port" /calls)
+        if grep -q '"caller":"sip:alice@127.0.0.1"' <<<"$calls_json" &&
+           grep -q '"state":"confirmed"' <<<"$calls_json"; then
+          pass "${call_checks[1]}"
+        else
+          fail "${call_checks[1]}" "GET /calls: $calls_json"
+        fi
+        sleep 3 # three seconds of tone each way
+        lp_send alice "terminate"
+        if lp_wait bob "Call [0-9]+ with sip:alice@.* ended" 10; then
+          ended=""
+          for i in $(seq 1 30); do
+            calls_json=$(http_get "$admin_port" /calls)
+            grep -q '"state":"terminated"' <<<"$calls_json" && grep -q '"end_reason":"bye"' <<<"$calls_json" &&
+              { ended=1; break; }
+            sleep 0.1
+          done
+          if [ -n "$ended" ]; then pass "${call_checks[3]}"
+          else fail "${call_checks[3]}" "GET /calls: $calls_json"; fi
+        else
+          fail "${call_checks[3]}" "bob's linphonec did not show the call ended within 10 s"
+          lp_pane bob | grep -v '^$' | tail -n 6 | indent
+        fi
+        sleep 1 # the recorders close their files when the call ends
+        alice_rms=$(rms "$work/alice-heard.wav") bob_rms=$(rms "$work/bob-heard.wav")
+        if [ "$alice_rms" -gt 1000 ] && [ "$bob_rms" -gt 1000 ]; then
+          pass "${call_checks[2]} (RMS of what each recorded: alice $alice_rms, bob $bob_rms; tone ~5600)"
+        else
+          fail "${call_checks[2]}" "RMS of what each recorded: alice $alice_rms, bob $bob_rms (silence is 0)"
+          grep -h -A1 'Bandwidth usage' "$work/alice/linphonec.log" | grep RTP | tail -n 2 | indent
+        fi
+      else
+        for c in "${call_checks[@]:1}"; do fail "$c" "the call did not connect within 10 s"; done
+        lp_pane alice | grep -v '^$' | tail -n 6 | indent
+        lp_pane bob | grep -v '^$' | tail -n 6 | indent
+        lp_send alice "terminate"
+      fi
+    else
+      for c in "${call_checks[@]}"; do fail "$c" "alice and bob not both registered (bindings=$(bindings))"; done
+      lp_pane bob | grep -v '^$' | tail -n 6 | indent
+    fi
+    lp_send alice "quit"; lp_send bob "quit"
+    wait_bindings 0 10 || note "bindings=$got_bindings after both linphonec quit"
+  fi
+  lp_stop alice; lp_stop bob
 
   # ---- /metrics
   metrics=$(http_get "$admin_port" /metrics)
