@@ -380,8 +380,8 @@ else
   # alice (UDP) calls bob (${bob_transport}); bob auto-answers. Both play a 440 Hz
   # tone from a .wav file and record what they hear: each recording must carry the
   # other's tone, so RTP flowed both ways between the phones (SDP relayed intact).
-  bob_transport=UDP
-  bob_proxy="sip:127.0.0.1:$sip_port"
+  bob_transport=TCP
+  bob_proxy="<sip:127.0.0.1:$sip_port;transport=tcp>"
   call_checks=("linphonec alice (UDP) and bob ($bob_transport) register for a call"
                "linphonec alice calls bob: bob auto-answers, /calls shows the call confirmed"
                "media flows both ways between the two linphonec"
@@ -429,11 +429,14 @@ PYRMS
       if lp_wait alice "Call [0-9]+ with sip:bob@.* connected" 10 &&
          lp_wait bob "Call [0-9]+ with sip:alice@.* connected" 5; then
         calls_json=$(http_get "$admin_port" /calls)
+        # bob's INVITE came over the connection he registered on (his flow)
+        over=$(grep -A1 "new bytes from \[${bob_transport}://127.0.0.1:$sip_port\]" "$work/bob/linphonec.log" |
+               grep -c '^INVITE sip:bob@')
         if grep -q '"caller":"sip:alice@127.0.0.1"' <<<"$calls_json" &&
-           grep -q '"state":"confirmed"' <<<"$calls_json"; then
-          pass "${call_checks[1]}"
+           grep -q '"state":"confirmed"' <<<"$calls_json" && [ "$over" -ge 1 ]; then
+          pass "${call_checks[1]} (INVITE reached bob over $bob_transport)"
         else
-          fail "${call_checks[1]}" "GET /calls: $calls_json"
+          fail "${call_checks[1]}" "INVITEs to bob over $bob_transport: $over; GET /calls: $calls_json"
         fi
         sleep 3 # three seconds of tone each way
         lp_send alice "terminate"

@@ -147,6 +147,20 @@ impl Leg {
         extra: &str,
         body: &str,
     ) -> String {
+        let via = format!("SIP/2.0/UDP 127.0.0.1:{};rport", sender.port());
+        self.request_via(&via, method, cseq, branch, extra, body)
+    }
+
+    /// The same with the sender's Via (without branch) given.
+    fn request_via(
+        &self,
+        via: &str,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
         let route: String = self
             .routes
             .iter()
@@ -154,7 +168,7 @@ impl Leg {
             .collect();
         format!(
             "{method} {target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
+             Via: {via};branch=z9hG4bK{branch}\r\n\
              {route}\
              Max-Forwards: 70\r\n\
              From: {from}\r\n\
@@ -164,7 +178,6 @@ impl Leg {
              {extra}\
              Content-Length: {len}\r\n\r\n{body}",
             target = self.target,
-            port = sender.port(),
             from = self.from,
             to = self.to,
             cid = self.call_id,
@@ -681,4 +694,176 @@ async fn callee_481_to_an_in_dialog_info_reaches_the_caller() {
     assert_eq!(vias.len(), 1, "Tandem removed its Via: {r}");
     assert!(vias[0].contains("branch=z9hG4bKinfo481"), "{r}");
     assert_eq!(headers(&r, "CSeq"), ["2 INFO"], "{r}");
+}
+
+/// A phone registered over TCP from `bob`'s connection. Its Contact names a port
+/// nobody listens on: Tandem can only reach it over that connection (the flow).
+async fn tcp_phone(n: &TestNode, user: &str) -> TcpClient {
+    let mut p = TcpClient::connect(n.tcp()).await;
+    let contact = format!("Contact: <sip:{user}@127.0.0.1:9;transport=tcp>\r\n");
+    let reg = register(p.port(), user, &format!("reg-tcp-{user}"), 1, &contact)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    p.send(reg.as_bytes()).await;
+    let r = p.next(WAIT).await.expect("REGISTER answered");
+    assert_eq!(status(&r), 200, "{r}");
+    p
+}
+
+/// The next request with this method on a TCP connection, skipping others.
+async fn next_tcp_request(c: &mut TcpClient, method: &str) -> String {
+    loop {
+        let m = c
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {method} arrived over TCP"));
+        if m.starts_with(method) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn phone_registered_over_tcp_is_called_over_its_own_connection() {
+    let n = TestNode::open().await;
+    let mut bob = tcp_phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    caller
+        .send(invite(&caller, &ruri, "tcp-call", "tc1").as_bytes())
+        .await;
+
+    // the INVITE comes over bob's connection, with a TCP Via and two Record-Routes
+    // (RFC 5658): bob's side names his flow, the caller's side is plain UDP
+    let inv = next_tcp_request(&mut bob, "INVITE").await;
+    assert!(
+        inv.starts_with("INVITE sip:bob@127.0.0.1:9;transport=tcp SIP/2.0"),
+        "{inv}"
+    );
+    assert!(headers(&inv, "Via")[0].starts_with("SIP/2.0/TCP "), "{inv}");
+    let rr = headers(&inv, "Record-Route");
+    assert_eq!(rr.len(), 2, "{inv}");
+    assert!(
+        rr[0].contains(";transport=tcp") && rr[0].contains("<sip:ft"),
+        "{inv}"
+    );
+    assert_eq!(rr[1], format!("<sip:{};lr>", n.udp()), "{inv}");
+
+    let bob_contact = "Contact: <sip:bob@127.0.0.1:9;transport=tcp>\r\n";
+    bob.send(answer(&inv, 180, "Ringing", "bobtag", "").as_bytes())
+        .await;
+    next_status(&caller, 180).await;
+    bob.send(answer(&inv, 200, "OK", "bobtag", bob_contact).as_bytes())
+        .await;
+    let ok = next_status(&caller, 200).await;
+    assert_eq!(headers(&ok, "Record-Route"), rr, "{ok}");
+
+    // caller → bob: ACK and INFO follow the route set and arrive over the flow,
+    // although bob's Contact (port 9) is unreachable
+    let to_bob = Leg::caller(&ok);
+    caller
+        .send(to_bob.request(&caller, "ACK", 1, "tack", "", "").as_bytes())
+        .await;
+    let ack = next_tcp_request(&mut bob, "ACK").await;
+    assert!(
+        headers(&ack, "Route").is_empty(),
+        "both our Routes popped: {ack}"
+    );
+    assert!(headers(&ack, "Via")[0].starts_with("SIP/2.0/TCP "), "{ack}");
+    caller
+        .send(
+            to_bob
+                .request(&caller, "INFO", 2, "tinfo", "", "")
+                .as_bytes(),
+        )
+        .await;
+    let info = next_tcp_request(&mut bob, "INFO").await;
+    bob.send(answer(&info, 200, "OK", "bobtag", "").as_bytes())
+        .await;
+    let info_ok = next_status(&caller, 200).await;
+    assert!(info_ok.contains("CSeq: 2 INFO"), "{info_ok}");
+
+    // bob → caller: BYE over TCP reaches the caller over UDP; its 200 comes back
+    // over bob's connection
+    let to_caller = Leg::callee(&inv, "bobtag");
+    let via = format!("SIP/2.0/TCP 127.0.0.1:{}", bob.port());
+    bob.send(
+        to_caller
+            .request_via(&via, "BYE", 1, "tbye", "", "")
+            .as_bytes(),
+    )
+    .await;
+    let bye = next_request(&caller, "BYE").await;
+    assert!(headers(&bye, "Route").is_empty(), "{bye}");
+    assert!(
+        bye.starts_with(&format!("BYE sip:caller@127.0.0.1:{}", caller.port())),
+        "{bye}"
+    );
+    reply(&caller, &answer(&bye, 200, "OK", "x", "")).await;
+    let bye_ok = bob.next(WAIT).await.expect("200 for BYE over TCP");
+    assert_eq!(status(&bye_ok), 200, "{bye_ok}");
+    assert!(bye_ok.contains("CSeq: 1 BYE"), "{bye_ok}");
+    assert_eq!(only_call(&n).await.1, "terminated");
+}
+
+#[tokio::test]
+async fn forged_flow_token_is_not_a_way_into_a_connection() {
+    let n = TestNode::open().await;
+    let mut bob = tcp_phone(&n, "bob").await;
+    let caller = UdpClient::new(n.udp()).await;
+    // a Route of ours whose flow token was made up: no connection is chosen by it
+    let forged = format!(
+        "Route: <sip:ft{}-0011223344556677@{};transport=tcp;lr>\r\n",
+        hex_of(&format!("127.0.0.1:{}", bob.port())),
+        n.udp()
+    );
+    let msg = format!(
+        "MESSAGE sip:caller@127.0.0.1:{port} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bKforged\r\n\
+         {forged}\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@127.0.0.1>;tag=a\r\n\
+         To: <sip:bob@127.0.0.1>;tag=b\r\n\
+         Call-ID: forged-flow\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = caller.port()
+    );
+    caller.send(msg.as_bytes()).await;
+    // it goes by its Request-URI (back to the caller's own port), never to bob
+    let m = next_request(&caller, "MESSAGE").await;
+    assert!(headers(&m, "Route").is_empty(), "{m}");
+    assert!(bob.next(Duration::from_millis(300)).await.is_none());
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn phone_whose_tcp_connection_closed_is_not_reachable() {
+    let n = TestNode::open().await;
+    let bob = tcp_phone(&n, "bob").await;
+    drop(bob);
+    // the binding stays until it expires, but the flow is gone: 480
+    let caller = UdpClient::new(n.udp()).await;
+    let ruri = format!("sip:bob@{}", n.udp());
+    let mut got = 0;
+    for i in 0..50 {
+        caller
+            .send(invite(&caller, &ruri, &format!("gone-{i}"), &format!("g{i}")).as_bytes())
+            .await;
+        let r = loop {
+            let r = caller.recv(WAIT).await.expect("an answer");
+            if status(&r) >= 200 {
+                break r;
+            }
+        };
+        got = status(&r);
+        if got == 480 {
+            break;
+        }
+        // the close may not have been seen yet
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, 480);
 }

@@ -11,7 +11,7 @@ use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
 use crate::proxy::probe::GatewayProber;
-use crate::proxy::stateful::{Action, Plan, Proxy, ProxyConfig, Target};
+use crate::proxy::stateful::{Action, Hop, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::{Outcome, Registrar};
 use crate::routing::{Destination, DialPlan};
 use crate::sip::message::build::{
@@ -22,6 +22,7 @@ use crate::sip::message::{parse, HeaderName, Message, Method, Request, Response,
 use crate::sip::transaction::key::TxKey;
 use crate::sip::transaction::table::{RequestOutcome, ServerTransactions, TimerOutput};
 use crate::sip::transaction::{Reliability, TimerConfig, TransactionKind};
+use crate::sip::transport::flows::Flows;
 use crate::sip::transport::{Handler, Protocol, Replier, Source};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -50,6 +51,9 @@ pub struct Node {
     /// Held while the proxy's actions are taken and carried out, so two receive
     /// tasks cannot reorder them (a 180 overtaking its 200 breaks callers).
     proxy_out: Mutex<()>,
+    /// Open TCP connections by peer: phones registered over TCP are reached over
+    /// the connection they registered on.
+    flows: Arc<Flows>,
 }
 
 /// The dial plan and where its gateway groups lead.
@@ -135,6 +139,14 @@ fn stamp_via(req: &mut Request, peer: SocketAddr) -> Option<Via> {
     Some(vias.swap_remove(0))
 }
 
+/// Where a request came from, for the proxy (the caller's side of a dialog).
+fn inbound(src: &Source) -> Hop {
+    Hop {
+        transport: src.protocol,
+        addr: src.peer,
+    }
+}
+
 /// RFC 3261 §18.2.2 with RFC 3581: the source address, and the source port when
 /// `rport` was asked for, else the Via port. Never anywhere but the source host.
 fn response_dest(via: Option<&Via>, src: &Source) -> SocketAddr {
@@ -167,7 +179,13 @@ impl Node {
             routing: OnceLock::new(),
             prober: Mutex::new(None),
             proxy_out: Mutex::new(()),
+            flows: Arc::new(Flows::default()),
         }
+    }
+
+    /// The TCP connections the transports list (given to `tcp::serve`).
+    pub fn flows(&self) -> &Arc<Flows> {
+        &self.flows
     }
 
     /// The call-state table (read by `GET /calls`, fed by the proxy).
@@ -229,11 +247,23 @@ impl Node {
         };
         for a in actions {
             match a {
-                Action::Send { to, bytes } => {
-                    if let Some(sock) = self.outbound.get() {
-                        Replier::Udp(sock.clone()).send(to, bytes);
+                Action::Send {
+                    to,
+                    transport,
+                    bytes,
+                } => match transport {
+                    Protocol::Udp => {
+                        if let Some(sock) = self.outbound.get() {
+                            Replier::Udp(sock.clone()).send(to, bytes);
+                        }
                     }
-                }
+                    // No connection is opened towards a phone: if its flow closed,
+                    // the branch times out (RFC 5626 §5.3 flow failure).
+                    Protocol::Tcp => match self.flows.get(to) {
+                        Some(flow) => flow.send(to, bytes),
+                        None => debug!(%to, "tcp flow closed; request not sent"),
+                    },
+                },
                 Action::Respond {
                     server,
                     status,
@@ -335,14 +365,23 @@ impl Node {
         let (plan, known) = match destination {
             Destination::Local { aor } => {
                 let bindings = location.lookup(&aor, now_wall);
-                // Phones are reached where their REGISTER came from (NAT-friendly), over UDP.
+                // Phones are reached where their REGISTER came from (NAT-friendly):
+                // over UDP to that address, over TCP on that connection while it
+                // is open (a closed flow is no way to the phone, RFC 5626 §5.3).
                 let targets: Vec<Target> = bindings
                     .iter()
                     .filter_map(|b| {
-                        let addr = b.source.strip_prefix("udp:")?.parse().ok()?;
+                        let (transport, addr) = b.source.split_once(':')?;
+                        let dest: SocketAddr = addr.parse().ok()?;
+                        let transport = match transport {
+                            "udp" => Protocol::Udp,
+                            "tcp" if self.flows.is_open(dest) => Protocol::Tcp,
+                            _ => return None,
+                        };
                         Some(Target {
                             uri: b.contact.clone(),
-                            dest: addr,
+                            dest,
+                            transport,
                             gateway: None,
                         })
                     })
@@ -371,6 +410,7 @@ impl Node {
                     .map(|g| Target {
                         uri: format!("sip:{}@{}", m.number, g.address),
                         dest: g.address,
+                        transport: Protocol::Udp,
                         gateway: Some(g.name.clone()),
                     })
                     .collect();
@@ -416,7 +456,7 @@ impl Node {
         );
         self.proxy
             .lock()
-            .forward(Instant::now(), key, req, plan, record_route);
+            .forward(Instant::now(), key, req, plan, record_route, inbound(src));
         self.run_proxy_actions();
     }
 
@@ -429,7 +469,17 @@ impl Node {
         src: &Source,
         dest: SocketAddr,
     ) {
-        req.headers.pop_first_value(&HeaderName::Route); // ours, §16.4
+        // §16.4: our Route entries come off: two when the dialog was double
+        // record-routed (RFC 5658), and the last names the side the request goes
+        // to; over TCP its flow token says which connection.
+        let mut flow = None;
+        while let Some(top) = req.headers.first_value(&HeaderName::Route) {
+            if !self.proxy_owns_route(top) {
+                break;
+            }
+            flow = self.proxy.lock().flow_of_route(top);
+            req.headers.pop_first_value(&HeaderName::Route);
+        }
         if req.method == Method::Bye {
             // the table finds the dialog from either side
             let id = DialogId {
@@ -439,11 +489,26 @@ impl Node {
             };
             self.calls.lock().on_bye(SystemTime::now(), &id);
         }
-        let next = req
+        let next_route = req
             .headers
             .first_value(&HeaderName::Route)
-            .and_then(|r| crate::sip::message::NameAddr::parse(r).map(|n| n.uri))
-            .unwrap_or_else(|| req.uri.clone());
+            .and_then(|r| crate::sip::message::NameAddr::parse(r).map(|n| n.uri));
+        if let (None, Some(peer)) = (&next_route, flow) {
+            let hop = Hop {
+                transport: Protocol::Tcp,
+                addr: peer,
+            };
+            if self.flows.is_open(peer) {
+                return self.forward_in_dialog_to(key, req, src, dest, hop);
+            }
+            // RFC 5626 §5.3: the flow the dialog used is gone.
+            if let Some(key) = key {
+                let r = response_to(&req, 430, Some(&new_tag()));
+                self.respond(&key, &req, src, dest, r);
+            }
+            return;
+        }
+        let next = next_route.unwrap_or_else(|| req.uri.clone());
         let host = next.host.trim_start_matches('[').trim_end_matches(']');
         let Some(next_hop) = host
             .parse::<std::net::IpAddr>()
@@ -456,15 +521,33 @@ impl Node {
             }
             return;
         };
+        let hop = Hop {
+            transport: Protocol::Udp,
+            addr: next_hop,
+        };
+        self.forward_in_dialog_to(key, req, src, dest, hop);
+    }
+
+    /// Sends an in-dialog request on to `next`: an ACK statelessly, anything
+    /// else through the stateful proxy.
+    fn forward_in_dialog_to(
+        &self,
+        key: Option<TxKey>,
+        req: Request,
+        src: &Source,
+        dest: SocketAddr,
+        next: Hop,
+    ) {
         match key {
-            None => self.proxy.lock().forward_stateless(req, next_hop),
+            None => self.proxy.lock().forward_stateless(req, next),
             Some(key) => {
                 self.invite_targets
                     .lock()
                     .insert(key.clone(), (src.reply.clone(), dest));
                 let target = Target {
                     uri: req.uri.as_str().to_string(),
-                    dest: next_hop,
+                    dest: next.addr,
+                    transport: next.transport,
                     gateway: None,
                 };
                 self.proxy.lock().forward(
@@ -473,6 +556,7 @@ impl Node {
                     req,
                     Plan::Parallel(vec![target]),
                     false,
+                    inbound(src),
                 );
             }
         }

@@ -146,7 +146,12 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         })?;
         tcp_addrs.push(local);
         tracing::info!(%local, "listening on TCP");
-        tasks.push(tokio::spawn(tcp::serve(l, limits.clone(), handler.clone())));
+        tasks.push(tokio::spawn(tcp::serve(
+            l,
+            limits.clone(),
+            handler.clone(),
+            node.flows().clone(),
+        )));
     }
     let admin = if cfg.admin.enabled {
         let l = tokio::net::TcpListener::bind(cfg.admin.listen)

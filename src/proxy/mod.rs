@@ -3,5 +3,6 @@
 
 pub mod calls;
 pub mod cdr;
+pub mod flow_token;
 pub mod probe;
 pub mod stateful;

@@ -4,12 +4,14 @@
 //! transaction with this response). Knows nothing of sockets or of the location
 //! table: the node resolves targets and hands them in.
 
+use super::flow_token::FlowTokens;
 use crate::sip::message::build::SERVER;
 use crate::sip::message::validate::max_forwards;
 use crate::sip::message::{HeaderName, Method, Request, Response, Via};
 use crate::sip::transaction::client::{ClientEvent, ClientInvite, ClientNonInvite};
 use crate::sip::transaction::key::TxKey;
 use crate::sip::transaction::{Reliability, TimerConfig};
+use crate::sip::transport::Protocol;
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -23,8 +25,26 @@ use std::time::{Duration, Instant};
 pub struct Target {
     pub uri: String,
     pub dest: SocketAddr,
+    /// UDP to `dest`, or TCP over the connection from `dest` (a flow).
+    pub transport: Protocol,
     /// The gateway's name when the target is a gateway.
     pub gateway: Option<String>,
+}
+
+/// Where a request came from or goes to: the transport and the peer's address
+/// (for TCP, the connection from that address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    pub transport: Protocol,
+    pub addr: SocketAddr,
+}
+
+fn reliability(t: Protocol) -> Reliability {
+    if t.is_reliable() {
+        Reliability::Reliable
+    } else {
+        Reliability::Unreliable
+    }
 }
 
 /// How the targets of one request are tried.
@@ -40,7 +60,11 @@ pub enum Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send these bytes (a request downstream, or a stateless ACK).
-    Send { to: SocketAddr, bytes: Bytes },
+    Send {
+        to: SocketAddr,
+        transport: Protocol,
+        bytes: Bytes,
+    },
     /// Answer the server transaction `server` with this response.
     Respond {
         server: TxKey,
@@ -137,6 +161,8 @@ struct Context {
     /// This context's entry in `Proxy::timer_c_owner`.
     timer_c_id: Option<u64>,
     record_route: bool,
+    /// Where the request came from: the caller's side of a Record-Route.
+    inbound: Hop,
 }
 
 pub struct ProxyConfig {
@@ -157,6 +183,7 @@ pub struct Proxy {
     timer_c_owner: HashMap<u64, TxKey>,
     counter: u64,
     salt: u64,
+    flow_tokens: FlowTokens,
 }
 
 fn branch_key(branch: &str, method: &str) -> String {
@@ -186,6 +213,7 @@ impl Proxy {
             timer_c_owner: HashMap::new(),
             counter: 0,
             salt: rand::random(),
+            flow_tokens: FlowTokens::random(),
         }
     }
 
@@ -215,8 +243,42 @@ impl Proxy {
         format!("z9hG4bK-t{:x}-{:x}", self.salt & 0xffff_ffff, self.counter)
     }
 
-    fn via_value(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};rport;branch={branch}", self.cfg.local)
+    fn via_value(&self, transport: Protocol, branch: &str) -> String {
+        match transport {
+            Protocol::Udp => format!("SIP/2.0/UDP {};rport;branch={branch}", self.cfg.local),
+            Protocol::Tcp => format!("SIP/2.0/TCP {};branch={branch}", self.cfg.local),
+        }
+    }
+
+    /// Our Record-Route URI as seen from one side of the dialog: over TCP it names
+    /// that side's connection (a flow token) so requests towards it reuse the flow.
+    fn route_uri(&self, side: Hop) -> String {
+        match side.transport {
+            Protocol::Udp => format!("<sip:{};lr>", self.cfg.local),
+            Protocol::Tcp => format!(
+                "<sip:{}@{};transport=tcp;lr>",
+                self.flow_tokens.encode(side.addr),
+                self.cfg.local
+            ),
+        }
+    }
+
+    /// Record-Route values to put on top of a request going from `inbound` to
+    /// `outbound`, topmost first. The same transport on both sides (UDP): one
+    /// entry. Otherwise two (RFC 5658 §3.2 double record-routing): the callee sees
+    /// the first, the caller the second, each naming its own side.
+    fn record_route_values(&self, inbound: Hop, outbound: Hop) -> Vec<String> {
+        if inbound.transport == Protocol::Udp && outbound.transport == Protocol::Udp {
+            vec![self.route_uri(outbound)]
+        } else {
+            vec![self.route_uri(outbound), self.route_uri(inbound)]
+        }
+    }
+
+    /// The connection a Route of ours names (its flow token), if any.
+    pub fn flow_of_route(&self, route: &str) -> Option<SocketAddr> {
+        let na = crate::sip::message::NameAddr::parse(route)?;
+        self.flow_tokens.decode(na.uri.user.as_deref()?)
     }
 
     /// Whether a Route URI names this proxy (loose routing, RFC 3261 §16.4).
@@ -239,6 +301,7 @@ impl Proxy {
         request: Request,
         plan: Plan,
         record_route: bool,
+        inbound: Hop,
     ) {
         let invite = request.method == Method::Invite;
         let (first, next): (Vec<Target>, VecDeque<Target>) = match plan {
@@ -263,6 +326,7 @@ impl Proxy {
             timer_c: invite.then(|| now + self.cfg.timer_c),
             timer_c_id: None,
             record_route,
+            inbound,
         };
         let mut ctx = ctx;
         if let Some(t) = ctx.timer_c {
@@ -296,7 +360,7 @@ impl Proxy {
 
     fn start_branch(&mut self, now: Instant, server: &TxKey, target: Target) {
         let branch = self.new_branch();
-        let Some(ctx) = self.contexts.get_mut(server) else {
+        let Some(ctx) = self.contexts.get(server) else {
             return;
         };
         let mut req = ctx.request.clone();
@@ -308,15 +372,25 @@ impl Proxy {
         req.headers.remove_all(&HeaderName::MaxForwards);
         req.headers.push(HeaderName::MaxForwards, mf.to_string());
         if ctx.record_route {
-            req.headers.0.insert(
-                0,
-                crate::sip::message::Header {
-                    name: HeaderName::RecordRoute,
-                    value: format!("<sip:{};lr>", self.cfg.local),
-                },
-            );
+            let outbound = Hop {
+                transport: target.transport,
+                addr: target.dest,
+            };
+            let values = self.record_route_values(ctx.inbound, outbound);
+            for value in values.into_iter().rev() {
+                req.headers.0.insert(
+                    0,
+                    crate::sip::message::Header {
+                        name: HeaderName::RecordRoute,
+                        value,
+                    },
+                );
+            }
         }
-        let via = format!("SIP/2.0/UDP {};rport;branch={branch}", self.cfg.local);
+        let via = self.via_value(target.transport, &branch);
+        let Some(ctx) = self.contexts.get_mut(server) else {
+            return;
+        };
         req.headers.0.insert(
             0,
             crate::sip::message::Header {
@@ -330,14 +404,14 @@ impl Proxy {
         let tx = if invite {
             ClientTx::Invite(ClientInvite::new(
                 now,
-                Reliability::Unreliable,
+                reliability(target.transport),
                 self.cfg.timers,
                 bytes,
             ))
         } else {
             ClientTx::NonInvite(ClientNonInvite::new(
                 now,
-                Reliability::Unreliable,
+                reliability(target.transport),
                 self.cfg.timers,
                 bytes,
             ))
@@ -369,7 +443,11 @@ impl Proxy {
                 return;
             };
             while let Some(bytes) = b.tx.poll_transmit() {
-                self.actions.push_back(Action::Send { to: b.dest, bytes });
+                self.actions.push_back(Action::Send {
+                    to: b.dest,
+                    transport: b.target.transport,
+                    bytes,
+                });
             }
             while let Some(e) = b.tx.poll_event() {
                 events.push(e);
@@ -629,7 +707,7 @@ impl Proxy {
         let ckey = branch_key(&branch, "CANCEL");
         let tx = ClientNonInvite::new(
             now,
-            Reliability::Unreliable,
+            reliability(b.target.transport),
             self.cfg.timers,
             cancel.to_bytes(),
         );
@@ -763,7 +841,7 @@ impl Proxy {
 
     /// Forwards a request statelessly (an ACK for a 2xx, §16.11): our Via on top,
     /// Max-Forwards decremented.
-    pub fn forward_stateless(&mut self, mut req: Request, dest: SocketAddr) {
+    pub fn forward_stateless(&mut self, mut req: Request, next: Hop) {
         let mf = max_forwards(&req).saturating_sub(1);
         req.headers.remove_all(&HeaderName::MaxForwards);
         req.headers.push(HeaderName::MaxForwards, mf.to_string());
@@ -772,11 +850,12 @@ impl Proxy {
             0,
             crate::sip::message::Header {
                 name: HeaderName::Via,
-                value: self.via_value(&branch),
+                value: self.via_value(next.transport, &branch),
             },
         );
         self.actions.push_back(Action::Send {
-            to: dest,
+            to: next.addr,
+            transport: next.transport,
             bytes: req.to_bytes(),
         });
     }
@@ -868,9 +947,21 @@ mod tests {
         let target = Target {
             uri: "sip:bob@127.0.0.1:5090".into(),
             dest,
+            transport: Protocol::Udp,
             gateway: None,
         };
-        p.forward(t0, server.clone(), inv, Plan::Parallel(vec![target]), true);
+        let caller = Hop {
+            transport: Protocol::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+        };
+        p.forward(
+            t0,
+            server.clone(),
+            inv,
+            Plan::Parallel(vec![target]),
+            true,
+            caller,
+        );
         let sent = std::iter::from_fn(|| p.poll_action())
             .find_map(|a| match a {
                 Action::Send { bytes, .. } => Some(bytes),

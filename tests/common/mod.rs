@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tandem::config::Config;
 use tandem::node::run::{start, RunningNode};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
 
 /// `sip_extra` that also turns call authentication off (it opens a `[calls]` table,
 /// so it must come last in `sip_extra`).
@@ -294,4 +296,76 @@ pub async fn bind_private_loopback(port: u16, salt: u64) -> UdpSocket {
         }
     }
     panic!("no free 127.x.y.z:{port} address to send from")
+}
+
+/// A TCP SIP client that frames what it reads by Content-Length.
+pub struct TcpClient {
+    pub s: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl TcpClient {
+    pub async fn connect(addr: SocketAddr) -> TcpClient {
+        TcpClient {
+            s: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.s.local_addr().unwrap().port()
+    }
+
+    pub async fn send(&mut self, data: &[u8]) {
+        self.s.write_all(data).await.expect("tcp write");
+    }
+
+    /// The next complete message (or `\r\n` pong) within `wait`; `None` on timeout
+    /// or when the connection closed.
+    pub async fn next(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.buf.starts_with(b"\r\n") {
+                self.buf.drain(..2);
+                return Some("\r\n".into());
+            }
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end + 4]).into_owned();
+                let len: usize = headers(&head, "Content-Length")
+                    .first()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let msg: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
+                    return Some(String::from_utf8_lossy(&msg).into_owned());
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads (and discards) until the peer closes; true if it did within `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut chunk = [0u8; 8192];
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match tokio::time::timeout(left, self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -1,6 +1,7 @@
 //! Transports: UDP datagrams and TCP streams (RFC 3261 §18). A transport delivers
 //! whole messages to a [`Handler`] with a [`Source`] that says how to answer.
 
+pub mod flows;
 pub mod framing;
 pub mod tcp;
 pub mod udp;

@@ -3,6 +3,7 @@
 //! timeout, and a message that has started must complete within the message timeout
 //! (a peer sending an endless header is cut off, holding at most `max` bytes).
 
+use super::flows::Flows;
 use super::framing::{check, Frame, FrameError};
 use super::{Handler, Protocol, Replier, Source};
 use crate::sip::message::build::stateless_error;
@@ -24,7 +25,14 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
 }
 
-pub async fn serve(listener: TcpListener, limits: TcpLimits, handler: Arc<dyn Handler>) {
+/// Accepts connections until the task is dropped. Every open connection is listed
+/// in `flows` so requests can be sent to the peer over it.
+pub async fn serve(
+    listener: TcpListener,
+    limits: TcpLimits,
+    handler: Arc<dyn Handler>,
+    flows: Arc<Flows>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -46,13 +54,27 @@ pub async fn serve(listener: TcpListener, limits: TcpLimits, handler: Arc<dyn Ha
         let open = open.clone();
         let limits = limits.clone();
         let handler = handler.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, &limits, handler).await {
+            if let Err(e) = connection(stream, peer, &limits, handler, &flows).await {
                 tracing::debug!(%peer, reason = %e, "tcp connection closed");
             }
             open.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!("tandem_tcp_connections").decrement(1.0);
         });
+    }
+}
+
+/// Removes the connection from the flows when its reader ends, however it ends.
+struct Listed<'a> {
+    flows: &'a Flows,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.flows.closed(self.peer, &self.tx);
     }
 }
 
@@ -75,6 +97,7 @@ async fn connection(
     peer: SocketAddr,
     limits: &TcpLimits,
     handler: Arc<dyn Handler>,
+    flows: &Flows,
 ) -> Result<(), CloseReason> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
@@ -89,6 +112,12 @@ async fn connection(
         }
         let _ = wr.shutdown().await;
     });
+    flows.opened(peer, tx.clone());
+    let _listed = Listed {
+        flows,
+        peer,
+        tx: tx.clone(),
+    };
     let source = Source {
         protocol: Protocol::Tcp,
         peer,
