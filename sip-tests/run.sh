@@ -14,10 +14,16 @@
 #           SIPp REGISTER with digest (UDP, TCP), sipsak registration with a
 #           password, a wrong password rejected
 #   load  - authenticate = false: SIPp register.xml at LOAD_RATE/s for LOAD_SECS s
+#   calls - dial plan (9XXX, 7XXX, 8XXX) to SIPp gateways on 127.0.0.1 (which makes
+#           the 127.0.0.1 callers trusted): SIPp call.xml through Tandem to a
+#           gateway running answer.xml (50 calls at 25/s); failover from a gateway
+#           answering 503 (answer_503.xml) to the next; CANCEL while ringing
+#           (call_cancel.xml, answer_ring.xml); 404 for an unknown number and 480
+#           for a user with no binding (call_reject.xml); /calls and /metrics
 #
 # Prints one PASS/FAIL/SKIP line per check, then "N passed, N failed"; exits 1
 # if any check failed. Environment: LOAD_RATE (1000), LOAD_SECS (5),
-# SIPTESTS_PORT (first of three consecutive ports to use; default random, with
+# SIPTESTS_PORT (first of ten consecutive ports to use; default random, with
 # retries if taken), SIPTESTS_KEEP=1 keeps the work directory (logs).
 # As root, missing tools (sip-tester sipsak linphone-cli tmux) are installed
 # with apt-get.
@@ -558,6 +564,184 @@ else
     else fail "/health reports the $n load bindings" "bindings=$got_bindings"; fi
   fi
   check_stop load
+fi
+
+# ================================================================ phase calls
+# SIPp callers and SIPp gateways (UAS) on 127.0.0.1 around one Tandem. The dial plan
+# sends 9XXX to gw-a, 7XXX to gw-503 (order 1, answers 503) and on to gw-b (order 2),
+# 8XXX to gw-ring (rings until cancelled). The gateways listen on sip_port+2..+5 and
+# do not answer OPTIONS (probe = false); being on 127.0.0.1 they make the SIPp callers
+# on 127.0.0.1 trusted (no 407).
+calls_n=50 calls_rate=25 cancel_n=10
+echo "== calls: SIPp callers -> Tandem -> SIPp gateways (routes, failover, CANCEL, 404/480), Tandem on 127.0.0.1:$sip_port"
+declare -A gw_port=([gw-a]=$((sip_port + 2)) [gw-503]=$((sip_port + 3)) [gw-b]=$((sip_port + 4))
+                    [gw-ring]=$((sip_port + 5)))
+declare -A gw_pid=()
+calls_conf=$work/calls-base.toml
+cp "$repo/config/tandem.toml" "$calls_conf"
+cat >>"$calls_conf" <<EOF
+
+# ---- added by sip-tests/run.sh (phase calls): SIPp gateways on 127.0.0.1
+[[gateways]]
+name = "gw-a"
+address = "127.0.0.1:${gw_port[gw-a]}"
+group = "pstn"
+order = 1
+probe = false
+
+[[gateways]]
+name = "gw-503"
+address = "127.0.0.1:${gw_port[gw-503]}"
+group = "failover"
+order = 1
+probe = false
+
+[[gateways]]
+name = "gw-b"
+address = "127.0.0.1:${gw_port[gw-b]}"
+group = "failover"
+order = 2
+probe = false
+
+[[gateways]]
+name = "gw-ring"
+address = "127.0.0.1:${gw_port[gw-ring]}"
+group = "ring"
+order = 1
+probe = false
+
+[[routes]]
+pattern = "9XXX"
+gateway_group = "pstn"
+
+[[routes]]
+pattern = "7XXX"
+gateway_group = "failover"
+
+[[routes]]
+pattern = "8XXX"
+gateway_group = "ring"
+EOF
+
+# gw_start NAME SCENARIO CALLS: SIPp gateway NAME on 127.0.0.1:${gw_port[NAME]} in the
+# background (output in $work/gw-NAME), exiting after CALLS calls or 25 s.
+gw_start() {
+  local out=$work/gw-$1 i
+  mkdir -p "$out"
+  (cd "$out" && exec timeout -k 5 30 sipp -sf "$2" -i 127.0.0.1 -p "${gw_port[$1]}" -m "$3" \
+      -nostdin -trace_err -trace_stat -fd 1 -stf stat.csv -timeout 25s -timeout_error >sipp.out 2>&1) &
+  gw_pid[$1]=$!
+  for i in $(seq 1 30); do [ -e "$out/stat.csv" ] && break; sleep 0.1; done
+}
+# gw_check NAME CALLS WHAT: waits for gateway NAME to exit; passes when it exits 0 with
+# CALLS successful calls (its scenario complete each time) and none failed.
+gw_check() {
+  local name=$1 want=$2 what=$3 out=$work/gw-$1 rc ok failed
+  wait "${gw_pid[$name]}"; rc=$?
+  gw_pid[$name]=""
+  ok=$(sipp_stat_last "$out/stat.csv" "SuccessfulCall(C)")
+  failed=$(sipp_stat_last "$out/stat.csv" "FailedCall(C)")
+  if [ "$rc" = 0 ] && [ "${ok:-x}" = "$want" ] && [ "${failed:-x}" = 0 ]; then
+    pass "$what ($name: $ok ok, 0 failed)"
+  else
+    fail "$what" "$name: sipp exit $rc, successful ${ok:-?}/$want, failed ${failed:-?}"
+    show "$out/sipp.out" 6
+    ls "$out"/*errors.log >/dev/null 2>&1 && show "$(ls "$out"/*errors.log | head -n 1)" 20
+  fi
+}
+# calls_tally: GET /calls, one line per call: "NUMBER GATEWAY STATE STATUS END_REASON"
+# ("-" for a null field).
+calls_tally() {
+  http_get "$admin_port" /calls | python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["calls"]:
+    n = c["callee"].split("@")[0].split(":")[-1]
+    print(n, *("-" if c[k] is None else c[k] for k in ("gateway", "state", "status", "end_reason")))' 2>/dev/null
+}
+# calls_check NUMBER "GATEWAY STATE STATUS END_REASON" N WHAT: passes when /calls lists N
+# calls to NUMBER, all of them so (an extended regex; waits up to 3 s for them to end).
+calls_check() {
+  local num=$1 want=$2 n=$3 what=$4 tally all match i
+  for i in $(seq 1 30); do
+    tally=$(calls_tally)
+    all=$(grep -c "^$num " <<<"$tally") match=$(grep -cxE "$num $want" <<<"$tally")
+    [ "$all" = "$n" ] && [ "$match" = "$n" ] && break
+    sleep 0.1
+  done
+  if [ "$all" = "$n" ] && [ "$match" = "$n" ]; then
+    pass "$what (/calls: $match x \"$(grep -m 1 -xE "$num $want" <<<"$tally")\")"
+  else
+    fail "$what" "/calls: $all calls to $num, $match of them \"$want\" (want $n)"
+    grep "^$num " <<<"$tally" | sort | uniq -c | head -n 5 | indent
+  fi
+}
+
+calls_skip=""
+if ! have sipp; then calls_skip=$(missing_reason sipp sip-tester)
+elif ! have python3; then calls_skip=$(missing_reason python3 python3); fi
+if [ -n "$calls_skip" ]; then
+  fail "calls: SIPp calls through Tandem" "$calls_skip"
+elif ! start_tandem calls "$calls_conf"; then
+  fail "calls: Tandem starts with routes 9XXX, 7XXX, 8XXX and 4 gateways" "no /health on 127.0.0.1:$admin_port"
+  show "$tandem_log"
+else
+  pass "calls: Tandem starts with routes 9XXX, 7XXX, 8XXX and 4 gateways (127.0.0.1:${gw_port[gw-a]}-${gw_port[gw-ring]})"
+  gw_start gw-a "$here/answer.xml" "$calls_n"
+  gw_start gw-503 "$here/answer_503.xml" "$calls_n"
+  gw_start gw-b "$here/answer.xml" "$calls_n"
+  gw_start gw-ring "$here/answer_ring.xml" "$cancel_n"
+
+  # ---- 1. caller -> Tandem -> gateway
+  run_sipp "SIPp call.xml: $calls_n calls at $calls_rate/s to 9000 (route 9XXX -> gw-a), INVITE/ACK/BYE" \
+    "$calls_n" 20 -sf "$here/call.xml" -s 9000 -m "$calls_n" -r "$calls_rate"
+  gw_check gw-a "$calls_n" "gateway gw-a (SIPp answer.xml) answered all $calls_n calls and got their BYE"
+  calls_check 9000 "gw-a terminated 200 bye" "$calls_n" "/calls lists the $calls_n calls to 9000 answered by gw-a, ended by BYE"
+
+  # ---- 2. failover: gw-503 (order 1) answers 503, gw-b (order 2) answers
+  name="failover: $calls_n calls to 7000 (gw-503 answers 503, gw-b answers) all succeed"
+  run_sipp "$name" "$calls_n" 20 -sf "$here/call.xml" -s 7000 -m "$calls_n" -r "$calls_rate" -trace_msg
+  msgs=$(ls "$work/sipp-${name//[^a-zA-Z0-9]/_}"/*_messages.log 2>/dev/null | head -n 1)
+  responses=$(grep -c '^SIP/2.0 [0-9]' "${msgs:-/dev/null}" 2>/dev/null)
+  seen503=$(grep -c '^SIP/2.0 503' "${msgs:-/dev/null}" 2>/dev/null)
+  if [ -n "$msgs" ] && [ "${responses:-0}" -gt 0 ] && [ "$seen503" = 0 ]; then
+    pass "failover: the caller never sees a 503 (0 of its $responses responses)"
+  else
+    fail "failover: the caller never sees a 503" "${seen503:-?} 503s in ${responses:-?} responses (${msgs:-no message log})"
+  fi
+  gw_check gw-503 "$calls_n" "failover: gw-503 (order 1) got all $calls_n INVITEs, answered 503 and got the ACK"
+  gw_check gw-b "$calls_n" "failover: gw-b (order 2) answered all $calls_n calls and got their BYE"
+  calls_check 7000 "gw-b terminated 200 bye" "$calls_n" "/calls lists the $calls_n calls to 7000 answered by gw-b, ended by BYE"
+
+  # ---- 3. CANCEL before answer
+  run_sipp "CANCEL while ringing: $cancel_n calls to 8000 (route 8XXX -> gw-ring): 180, CANCEL, 200, 487, ACK" \
+    "$cancel_n" 15 -sf "$here/call_cancel.xml" -s 8000 -m "$cancel_n" -r 10
+  gw_check gw-ring "$cancel_n" "CANCEL reaches gw-ring: it answers 200 to the CANCEL, 487 to the INVITE, gets the ACK"
+  # (the gateway field: Tandem leaves it null for a call that no gateway answered)
+  calls_check 8000 "[^ ]+ terminated 487 cancel" "$cancel_n" "/calls lists the $cancel_n calls to 8000 ended by CANCEL with 487"
+
+  # ---- 4. rejected by Tandem: unknown number (404), local user without binding (480)
+  run_sipp "INVITE to 5555 (no route matches) gets 404 Not Found, ACK" 1 5 \
+    -sf "$here/call_reject.xml" -s 5555 -m 1
+  sed 's/response="404"/response="480"/' "$here/call_reject.xml" >"$work/call_reject_480.xml"
+  run_sipp "INVITE to alice (demo user, not registered) gets 480 Temporarily Unavailable, ACK" 1 5 \
+    -sf "$work/call_reject_480.xml" -s alice -m 1
+
+  # ---- /metrics
+  metrics=$(http_get "$admin_port" /metrics)
+  answered=$(sed -n 's/^tandem_call_attempts_total{outcome="answered"} //p' <<<"$metrics")
+  cancelled=$(sed -n 's/^tandem_call_attempts_total{outcome="cancelled"} //p' <<<"$metrics")
+  active=$(sed -n 's/^tandem_calls_active //p' <<<"$metrics")
+  if [ "$answered" = $((2 * calls_n)) ] && [ "$cancelled" = "$cancel_n" ] && [ "$active" = 0 ]; then
+    pass "/metrics counts the calls (attempts answered $answered, cancelled $cancelled; active $active)"
+  else
+    fail "/metrics counts the calls" "answered ${answered:-?} (want $((2 * calls_n))), cancelled ${cancelled:-?} (want $cancel_n), active ${active:-?} (want 0)"
+  fi
+
+  # a gateway still running (a check failed before it got its calls): stop it
+  for g in "${!gw_pid[@]}"; do
+    [ -n "${gw_pid[$g]}" ] && kill "${gw_pid[$g]}" 2>/dev/null && wait "${gw_pid[$g]}" 2>/dev/null
+  done
+  check_stop calls
 fi
 
 echo "(took $((SECONDS - start_time)) s)"
