@@ -1,6 +1,7 @@
 //! Shared harness for integration tests: starts a real node in-process on loopback
 //! (ephemeral ports, a temporary SQLite store) and talks SIP to it over real sockets.
 #![allow(dead_code)]
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
