@@ -1,7 +1,8 @@
 #!/bin/bash
 # scripts/test.sh — the whole test suite:
-#   1. as root, installs the SIP clients the tests drive if any is missing
-#      (apt-get: sip-tester sipsak linphone-cli tmux)
+#   1. as root, installs the SIP clients the tests drive, and PostgreSQL (the
+#      cluster tests start their own throwaway server), if any is missing
+#      (apt-get: sip-tester sipsak linphone-cli tmux postgresql)
 #   2. cargo build --release
 #   3. cargo test --release   (tests share the release build)
 #   4. sip-tests/run.sh target/release/tandem   (SIPp, sipsak, linphonec against a running Tandem)
@@ -14,18 +15,20 @@ step() { printf '\n==== %s\n' "$*"; }
 die() { printf '\n==== FAILED: %s\n' "$*" >&2; exit 1; }
 failed=()
 
-step "1/4 SIP test clients (sipp, sipsak, linphonec, tmux)"
+step "1/4 SIP test clients (sipp, sipsak, linphonec, tmux) and PostgreSQL"
 missing=()
 for tool in sipp sipsak linphonec tmux; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+pkgs="sip-tester sipsak linphone-cli tmux postgresql"
 if [ ${#missing[@]} -eq 0 ]; then
   echo "all present"
 elif [ "$(id -u)" = 0 ]; then
-  echo "missing: ${missing[*]}; installing sip-tester sipsak linphone-cli tmux"
+  echo "missing: ${missing[*]}; installing $pkgs"
   apt-get update || die "apt-get update"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y sip-tester sipsak linphone-cli tmux ||
-    die "apt-get install -y sip-tester sipsak linphone-cli tmux"
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y $pkgs || die "apt-get install -y $pkgs"
 else
   echo "missing: ${missing[*]} (not root, so not installing: the sip-tests that need them will fail)"
 fi

@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub calls: CallsConfig,
@@ -135,6 +137,8 @@ impl Default for RegistrarConfig {
 pub enum StoreBackend {
     Sqlite,
     Memory,
+    /// Shared by the nodes of a cluster, replicated with LISTEN/NOTIFY.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +147,8 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     pub path: PathBuf,
     pub batch_max: usize,
+    /// `postgres://user@host:port/db` when `backend = "postgres"`.
+    pub url: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -151,6 +157,34 @@ impl Default for StoreConfig {
             backend: StoreBackend::Sqlite,
             path: "tandem.db".into(),
             batch_max: 2048,
+            url: None,
+        }
+    }
+}
+
+/// Membership of a PostgreSQL cluster (seed 000 FIG. 4C/4D).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// How often this node writes its heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A peer whose heartbeat is older than this is dead: its bindings are dropped.
+    pub node_timeout_ms: u64,
+    /// Changes are read on every notification, and at least this often (a
+    /// notification lost while reconnecting delays a change by at most this).
+    pub poll_interval_ms: u64,
+    /// The SIP address peers forward calls for this node's phones to (UDP);
+    /// default: the first UDP listener.
+    pub advertise: Option<SocketAddr>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_interval_ms: 1000,
+            node_timeout_ms: 5000,
+            poll_interval_ms: 1000,
+            advertise: None,
         }
     }
 }
@@ -325,6 +359,22 @@ impl Config {
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err(err("sip.t2_ms", "T1 must be > 0 and T2 >= T1".into()));
+        }
+        if self.store.backend == StoreBackend::Postgres && self.store.url.is_none() {
+            return Err(err(
+                "store.url",
+                "backend = \"postgres\" needs url = \"postgres://user@host:port/db\"".into(),
+            ));
+        }
+        let c = &self.cluster;
+        if c.heartbeat_interval_ms == 0 || c.node_timeout_ms <= c.heartbeat_interval_ms {
+            return Err(err(
+                "cluster.node_timeout_ms",
+                "heartbeat_interval_ms must be > 0 and node_timeout_ms longer than it".into(),
+            ));
+        }
+        if c.poll_interval_ms == 0 {
+            return Err(err("cluster.poll_interval_ms", "must be > 0".into()));
         }
         if self.sip.max_transactions == 0 {
             return Err(err("sip.max_transactions", "must be > 0".into()));

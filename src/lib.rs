@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod cluster;
 pub mod config;
 pub mod location;
 pub mod node;

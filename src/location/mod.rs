@@ -18,6 +18,25 @@ pub fn now_ms() -> UnixMs {
         .unwrap_or(0)
 }
 
+/// A version for a registration made now: wall-clock microseconds, bumped past
+/// the last value handed out so it is unique and increasing on this node.
+pub fn next_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let v = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, v, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return v,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// The identity of a node (owner of the bindings it registered).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeId(pub Arc<str>);
@@ -45,6 +64,10 @@ pub struct Binding {
     pub source: String,
     pub user_agent: Option<String>,
     pub owner: NodeId,
+    /// When this registration was made, in microseconds of a clock that never
+    /// repeats a value on one node ([`next_version`]). Two nodes' claims to one
+    /// binding are settled by it the same way everywhere: the latest wins.
+    pub version: u64,
 }
 
 impl Binding {
@@ -117,7 +140,10 @@ impl LocationTable {
             inner.expiry.push(Reverse((b.expires_at, b.aor.clone())));
             let list = inner.by_aor.entry(b.aor.clone()).or_default();
             if let Some(old) = list.iter_mut().find(|o| o.key == b.key) {
-                *old = b;
+                // a registration made meanwhile (a newer version) stays
+                if b.version >= old.version {
+                    *old = b;
+                }
             } else {
                 list.push(b);
                 inner.count += 1;
@@ -180,6 +206,67 @@ impl LocationTable {
         removed
     }
 
+    /// Applies a change another node made (replication): `deleted` says the
+    /// binding at `b.version` or older is gone, else `b` is its latest state. The
+    /// higher version wins, so every node ends with the same table whatever order
+    /// conflicting changes reached it in. Returns whether the table changed.
+    pub fn apply_remote(&self, b: Binding, deleted: bool) -> bool {
+        let mut inner = self.inner.write();
+        let inner = &mut *inner;
+        let aor = b.aor.clone();
+        let list = inner.by_aor.entry(aor.clone()).or_default();
+        let pos = list.iter().position(|o| o.key == b.key);
+        let changed = match (pos, deleted) {
+            (Some(i), true) if list[i].version <= b.version => {
+                list.remove(i);
+                inner.count -= 1;
+                true
+            }
+            (Some(i), false) if list[i].version < b.version => {
+                inner.expiry.push(Reverse((b.expires_at, b.aor.clone())));
+                list[i] = b;
+                true
+            }
+            (None, false) => {
+                inner.expiry.push(Reverse((b.expires_at, b.aor.clone())));
+                list.push(b);
+                inner.count += 1;
+                true
+            }
+            _ => false,
+        };
+        if list.is_empty() {
+            inner.by_aor.remove(&aor);
+        }
+        changed
+    }
+
+    /// Removes every binding `owner` holds (a node that stopped heartbeating);
+    /// returns how many.
+    pub fn remove_owner(&self, owner: &NodeId) -> usize {
+        let mut inner = self.inner.write();
+        let mut removed = 0;
+        inner.by_aor.retain(|_, list| {
+            let before = list.len();
+            list.retain(|b| &b.owner != owner);
+            removed += before - list.len();
+            !list.is_empty()
+        });
+        inner.count -= removed;
+        removed
+    }
+
+    /// Every binding held, for the admin listener and tests (a copy).
+    pub fn snapshot(&self) -> Vec<Binding> {
+        self.inner
+            .read()
+            .by_aor
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// Number of bindings held (including ones expired but not yet purged).
     pub fn len(&self) -> usize {
         self.inner.read().count
@@ -209,7 +296,67 @@ mod tests {
             source: "udp:127.0.0.1:5070".into(),
             user_agent: None,
             owner: NodeId("n".into()),
+            version: 1,
         }
+    }
+
+    fn owned(key: &str, owner: &str, version: u64) -> Binding {
+        Binding {
+            owner: NodeId(owner.into()),
+            version,
+            ..b("sip:1000@h", key, 10_000, None)
+        }
+    }
+
+    #[test]
+    fn remote_changes_settle_by_version_in_any_order() {
+        // the seed's race: 1000 registered at A (v1), then at C (v2); A's deletion
+        // of v1 arrives anywhere before or after C's registration
+        let orders: [&[(Binding, bool)]; 2] = [
+            &[
+                (owned("k", "a", 1), false),
+                (owned("k", "c", 2), false),
+                (owned("k", "a", 1), true),
+            ],
+            &[
+                (owned("k", "a", 1), false),
+                (owned("k", "a", 1), true),
+                (owned("k", "c", 2), false),
+            ],
+        ];
+        for order in orders {
+            let t = LocationTable::new();
+            for (bnd, deleted) in order {
+                t.apply_remote(bnd.clone(), *deleted);
+            }
+            let held = t.lookup("sip:1000@h", 0);
+            assert_eq!(held.len(), 1);
+            assert_eq!(held[0].owner, NodeId("c".into()));
+            assert_eq!(t.len(), 1);
+        }
+        // an older state never replaces a newer one
+        let t = LocationTable::new();
+        assert!(t.apply_remote(owned("k", "c", 2), false));
+        assert!(!t.apply_remote(owned("k", "a", 1), false));
+        assert_eq!(t.lookup("sip:1000@h", 0)[0].owner, NodeId("c".into()));
+    }
+
+    #[test]
+    fn a_dead_owners_bindings_are_removed_and_no_one_elses() {
+        let t = LocationTable::new();
+        t.apply_remote(owned("k1", "a", 1), false);
+        t.apply_remote(owned("k2", "b", 1), false);
+        t.apply_remote(
+            Binding {
+                aor: "sip:x@h".into(),
+                ..owned("k3", "a", 1)
+            },
+            false,
+        );
+        assert_eq!(t.remove_owner(&NodeId("a".into())), 2);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.snapshot()[0].key, "k2");
+        assert!(t.lookup("sip:x@h", 0).is_empty());
     }
 
     #[test]

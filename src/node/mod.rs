@@ -6,6 +6,7 @@ pub mod run;
 mod uas;
 
 use crate::admission::{Admission, Decision, RegisterAttempt};
+use crate::cluster::Cluster;
 use crate::config::GatewayConfig;
 use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
@@ -54,6 +55,8 @@ pub struct Node {
     /// Open TCP connections by peer: phones registered over TCP are reached over
     /// the connection they registered on.
     flows: Arc<Flows>,
+    /// Set when the node is part of a PostgreSQL cluster.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// The dial plan and where its gateway groups lead.
@@ -180,7 +183,16 @@ impl Node {
             prober: Mutex::new(None),
             proxy_out: Mutex::new(()),
             flows: Arc::new(Flows::default()),
+            cluster: OnceLock::new(),
         }
+    }
+
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// The TCP connections the transports list (given to `tcp::serve`).

@@ -3,13 +3,16 @@
 
 use super::{Node, NodeHandle};
 use crate::admission::AdmitAll;
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::location::{now_ms, LocationTable};
+use crate::config::StoreBackend;
+use crate::location::{now_ms, LocationTable, NodeId};
 use crate::proxy::cdr::CallsHousekeeping;
 use crate::registrar::Registrar;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::tcp::TcpLimits;
 use crate::sip::transport::{tcp, udp, Handler};
+use crate::store::postgres::PgCluster;
 use crate::store::{self, StoreOp, StoreWriter};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,14 +63,25 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     crate::admin::prometheus();
     let mut store = store::open(&cfg).await?;
     let now = now_ms();
-    let bindings = store.load_bindings(now).await?;
     let users = store.load_users().await?;
     let location = Arc::new(LocationTable::new());
-    tracing::info!(
-        bindings = bindings.len(),
-        "bindings restored from the store"
-    );
-    location.load(bindings);
+    let node_id = NodeId(cfg.node.id.as_str().into());
+    // In a cluster the composite table comes from the join snapshot, once the
+    // node knows its SIP address (below); a single node restores its own rows.
+    let cluster_db = match (&cfg.store.backend, &cfg.store.url) {
+        (StoreBackend::Postgres, Some(url)) => {
+            Some(PgCluster::connect(url, node_id.clone()).await?)
+        }
+        _ => {
+            let bindings = store.load_bindings(now).await?;
+            tracing::info!(
+                bindings = bindings.len(),
+                "bindings restored from the store"
+            );
+            location.load(bindings);
+            None
+        }
+    };
     metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
     let (writer, store_task) = StoreWriter::spawn(store, cfg.store.batch_max);
     let registrar = Registrar::new(
@@ -168,8 +182,33 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     } else {
         None
     };
+    if let Some(db) = cluster_db {
+        let advertise = cfg
+            .cluster
+            .advertise
+            .or(udp_addrs.first().copied())
+            .or(tcp_addrs.first().copied())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let (listener, upto) = cluster::join(&db, &advertise, &location).await?;
+        metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+        let cluster = Arc::new(Cluster::new(db));
+        node.set_cluster(cluster.clone());
+        tasks.push(tokio::spawn(cluster::replicate(
+            cluster.clone(),
+            listener,
+            upto,
+            location.clone(),
+            Duration::from_millis(cfg.cluster.poll_interval_ms),
+        )));
+        tasks.push(tokio::spawn(cluster::membership(
+            cluster,
+            location.clone(),
+            cfg.cluster.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(transaction_timers(node.clone())));
-    tasks.push(tokio::spawn(expire_bindings(location, writer)));
+    tasks.push(tokio::spawn(expire_bindings(location, writer, node_id)));
     tasks.push(tokio::spawn(calls_housekeeping(CallsHousekeeping::new(
         node.calls().clone(),
         cfg.cdr_path(),
@@ -212,7 +251,7 @@ async fn transaction_timers(node: Arc<Node>) {
     }
 }
 
-async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter) {
+async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter, me: NodeId) {
     // Bindings disappear within a second of their expiry (RFC 3261 §10.3).
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -220,11 +259,14 @@ async fn expire_bindings(location: Arc<LocationTable>, writer: StoreWriter) {
         tick.tick().await;
         // The deletes are queued under the table's lock (see `purge_expired_then`).
         let gone = location.purge_expired_then(now_ms(), |gone| {
+            // peers' bindings are deleted by their owners (or purged if they die)
             writer.submit_detached(
                 gone.iter()
+                    .filter(|b| b.owner == me)
                     .map(|b| StoreOp::Delete {
                         aor: b.aor.clone(),
                         key: b.key.clone(),
+                        version: b.version,
                     })
                     .collect(),
             )

@@ -170,6 +170,7 @@ pub fn apply(
             source: req.source.to_string(),
             user_agent: req.user_agent.map(str::to_string),
             owner: req.owner.clone(),
+            version: crate::location::next_version(),
         };
         match pos {
             Some(i) => bindings[i] = binding.clone(),

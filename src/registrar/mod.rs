@@ -181,6 +181,7 @@ impl Registrar {
                 .map(|b| StoreOp::Delete {
                     aor: b.aor,
                     key: b.key,
+                    version: b.version,
                 })
                 .collect();
             ops.extend(changes.upserted.into_iter().map(StoreOp::Upsert));

@@ -22,7 +22,7 @@ impl BindingStore for MemoryStore {
                 StoreOp::Upsert(b) => {
                     self.rows.insert((b.aor.clone(), b.key.clone()), b.clone());
                 }
-                StoreOp::Delete { aor, key } => {
+                StoreOp::Delete { aor, key, .. } => {
                     self.rows.remove(&(aor.clone(), key.clone()));
                 }
             }

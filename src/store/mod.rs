@@ -7,6 +7,7 @@
 //! committed, so the registrar sends 200 OK only for durable bindings.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::location::{Binding, UnixMs};
@@ -29,7 +30,13 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum StoreOp {
     Upsert(Binding),
-    Delete { aor: String, key: String },
+    /// The binding at `version` (or older) is gone; a newer registration of the
+    /// same binding (made since, perhaps at another node) stays.
+    Delete {
+        aor: String,
+        key: String,
+        version: u64,
+    },
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -199,6 +206,17 @@ pub async fn open(cfg: &crate::config::Config) -> Result<Box<dyn BindingStore>, 
             Box::new(sqlite::SqliteStore::open(&cfg.store_path()).await?)
         }
         crate::config::StoreBackend::Memory => Box::new(memory::MemoryStore::default()),
+        crate::config::StoreBackend::Postgres => {
+            let url = cfg.store.url.as_deref().unwrap_or_default();
+            postgres::migrate(url).await?;
+            Box::new(
+                postgres::PgStore::connect(
+                    url,
+                    crate::location::NodeId(cfg.node.id.as_str().into()),
+                )
+                .await?,
+            )
+        }
     })
 }
 
@@ -212,6 +230,7 @@ mod tests {
         let op = || StoreOp::Delete {
             aor: "sip:a@h".into(),
             key: "k".into(),
+            version: 1,
         };
         // attached at once: most likely before the writer committed
         assert_eq!(w.submit_pending(vec![op()]).wait().await, Ok(()));

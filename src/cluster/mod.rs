@@ -1,0 +1,163 @@
+//! Seed 000's cluster procedures over the PostgreSQL store: every node keeps the
+//! composite registration table (its own bindings and every peer's) in memory.
+//!
+//! - FIG. 4A/4B: a peer's registration or deletion reaches this node's table
+//!   through [`replicate`] (NOTIFY as a hint, the change log as the truth).
+//! - FIG. 4C: a joining node listens first, then loads one snapshot; the changes
+//!   after the snapshot's sequence number follow with no gap ([`join`]).
+//! - FIG. 4D: a peer whose heartbeat is older than the timeout is dead: its
+//!   bindings leave this table at once, and one peer tombstones its rows in the
+//!   database, once ([`membership`]).
+
+pub mod dead;
+
+use crate::config::ClusterConfig;
+use crate::location::{now_ms, LocationTable, NodeId};
+use crate::store::postgres::{Peer, PgCluster};
+use crate::store::StoreError;
+use dead::DeadPeers;
+use parking_lot::Mutex;
+use sqlx::postgres::PgListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Changes read per query while catching up.
+const CATCH_UP_BATCH: i64 = 10_000;
+
+/// A node's view of the cluster: who is dead, and where peers take SIP.
+pub struct Cluster {
+    pub db: PgCluster,
+    pub dead: Mutex<DeadPeers>,
+    /// The peers' SIP addresses (from the nodes table), for calls to their phones.
+    pub peers: Mutex<Vec<Peer>>,
+}
+
+impl Cluster {
+    pub fn new(db: PgCluster) -> Cluster {
+        Cluster {
+            db,
+            dead: Mutex::new(DeadPeers::default()),
+            peers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Where a live peer takes SIP.
+    pub fn sip_addr_of(&self, node: &NodeId) -> Option<String> {
+        self.peers
+            .lock()
+            .iter()
+            .find(|p| &p.node == node && !p.stale)
+            .map(|p| p.sip_addr.clone())
+    }
+}
+
+/// FIG. 4C: announces this node, listens, then loads the snapshot into
+/// `location`. Returns the listener and the sequence the table is current to.
+pub async fn join(
+    db: &PgCluster,
+    sip_addr: &str,
+    location: &LocationTable,
+) -> Result<(PgListener, i64), StoreError> {
+    db.announce(sip_addr).await?;
+    let listener = db.listener().await?;
+    let (bindings, upto) = db.snapshot(now_ms()).await?;
+    tracing::info!(
+        bindings = bindings.len(),
+        upto,
+        "joined the cluster: composite table loaded"
+    );
+    location.load(bindings);
+    Ok((listener, upto))
+}
+
+/// FIG. 4A/4B: applies every change peers make, in sequence order, forever.
+/// Wakes on each notification and at least every `poll`; errors (the database
+/// restarting) are logged and retried from the last applied sequence.
+pub async fn replicate(
+    cluster: Arc<Cluster>,
+    mut listener: PgListener,
+    mut upto: i64,
+    location: Arc<LocationTable>,
+    poll: Duration,
+) {
+    loop {
+        loop {
+            match cluster.db.changes_since(upto, CATCH_UP_BATCH).await {
+                Ok(changes) => {
+                    let n = changes.len() as i64;
+                    let mut applied = 0u64;
+                    for c in changes {
+                        upto = c.seq;
+                        // Applied even from a peer taken for dead: it may have
+                        // restarted and registered before our next heartbeat
+                        // reading. A dead peer's older changes that arrive after
+                        // its bindings were dropped are followed by the purge's
+                        // tombstones, so the table converges either way.
+                        if location.apply_remote(c.binding, c.deleted) {
+                            applied += 1;
+                        }
+                    }
+                    if applied > 0 {
+                        metrics::counter!("tandem_cluster_changes_applied_total")
+                            .increment(applied);
+                        metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+                    }
+                    if n < CATCH_UP_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, upto, "reading cluster changes failed; retrying");
+                    break;
+                }
+            }
+        }
+        metrics::gauge!("tandem_cluster_change_seq").set(upto as f64);
+        // A notification, a lost connection (try_recv reconnects on the next
+        // call) or the poll interval: all mean "look again".
+        match tokio::time::timeout(poll, listener.try_recv()).await {
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) => tracing::info!("cluster listener reconnecting"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cluster listener failed");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// FIG. 4C/4D: writes this node's heartbeat and watches the peers'.
+pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg: ClusterConfig) {
+    let timeout = Duration::from_millis(cfg.node_timeout_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = cluster.db.heartbeat().await {
+            tracing::warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        let peers = match cluster.db.peers(timeout).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the nodes table failed");
+                continue;
+            }
+        };
+        let newly_dead = cluster.dead.lock().observe(&peers);
+        for node in newly_dead {
+            let dropped = location.remove_owner(&node);
+            tracing::warn!(node = %node.0, dropped, "peer stopped heartbeating; its bindings dropped");
+            metrics::counter!("tandem_cluster_peers_dead_total").increment(1);
+            metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+            match cluster.db.purge_dead(&node, timeout).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(node = %node.0, purged = n, "dead peer's bindings purged"),
+                Err(e) => tracing::warn!(error = %e, node = %node.0, "purging a dead peer failed"),
+            }
+        }
+        metrics::gauge!("tandem_cluster_peers_alive")
+            .set(peers.iter().filter(|p| !p.stale).count() as f64);
+        *cluster.peers.lock() = peers;
+    }
+}

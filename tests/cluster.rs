@@ -1,0 +1,367 @@
+//! The cluster (seed 000 FIG. 4A–4D, issue 4): three nodes on 127.0.0.2–4 sharing
+//! a throwaway PostgreSQL that the test starts itself, replicating bindings with
+//! LISTEN/NOTIFY and the change log.
+mod common;
+use common::pg::TestPostgres;
+use common::*;
+use std::time::Duration;
+use tandem::config::Config;
+use tandem::location::Binding;
+use tandem::node::run::start;
+
+/// Long enough for a change to cross the cluster on a loaded CI machine.
+const SPREAD: Duration = Duration::from_secs(10);
+
+fn cluster_config(id: &str, ip: &str, url: &str) -> Config {
+    let text = format!(
+        r#"
+[node]
+id = "{id}"
+
+[sip]
+udp = ["{ip}:0"]
+tcp = ["{ip}:0"]
+
+[registrar]
+authenticate = false
+
+[store]
+backend = "postgres"
+url = "{url}"
+
+[cluster]
+heartbeat_interval_ms = 200
+node_timeout_ms = 1500
+poll_interval_ms = 200
+
+[admin]
+listen = "{ip}:0"
+
+[calls]
+authenticate = false
+
+[log]
+level = "warn"
+"#
+    );
+    Config::from_toml(&text, "cluster-test.toml").expect("cluster test config is valid")
+}
+
+async fn cluster_node(pg: &TestPostgres, id: &str, ip: &str) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_config(id, ip, &pg.url());
+    let node = start(cfg.clone()).await.expect("cluster node starts");
+    TestNode {
+        node: Some(node),
+        dir,
+        cfg,
+    }
+}
+
+fn table(n: &TestNode) -> Vec<Binding> {
+    let mut v = n
+        .node
+        .as_ref()
+        .unwrap()
+        .node
+        .registrar()
+        .location()
+        .snapshot();
+    v.sort_by(|a, b| (&a.aor, &a.key).cmp(&(&b.aor, &b.key)));
+    v
+}
+
+/// (AOR, owner) of every binding a node holds.
+fn owners(n: &TestNode) -> Vec<(String, String)> {
+    table(n)
+        .into_iter()
+        .map(|b| (b.aor, b.owner.0.to_string()))
+        .collect()
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + SPREAD;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Registers `user` at node `n` from a socket on the node's address.
+async fn register_at(n: &TestNode, user: &str, expires: u32, extra: &str) -> UdpClient {
+    let c = UdpClient::new(n.udp()).await;
+    let contact = format!(
+        "Contact: <sip:{user}@127.0.0.1:{}>{extra};expires={expires}\r\n",
+        c.port()
+    );
+    let r = c
+        .request(&register(
+            c.port(),
+            user,
+            &format!("reg-{user}-{}", c.port()),
+            1,
+            &contact,
+        ))
+        .await;
+    assert_eq!(status(&r), 200, "{r}");
+    c
+}
+
+fn pair(aor_user: &str, owner: &str) -> (String, String) {
+    (format!("sip:{aor_user}@127.0.0.1"), owner.to_string())
+}
+
+#[tokio::test]
+async fn registration_and_deletion_reach_every_peer() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let c = cluster_node(&pg, "c", "127.0.0.4").await;
+
+    // FIG. 4A: registered at A, B and C learn it with A as the owner
+    let phone = register_at(&a, "alice", 3600, "").await;
+    for n in [&b, &c] {
+        eventually("alice reaches the peers", || {
+            owners(n) == vec![pair("alice", "a")]
+        })
+        .await;
+    }
+    assert_eq!(table(&b)[0].contact, table(&a)[0].contact);
+    assert_eq!(table(&c)[0].version, table(&a)[0].version);
+
+    // FIG. 4B: unregistered at A, deleted everywhere (and a tombstone in the log)
+    let contact = format!(
+        "Contact: <sip:alice@127.0.0.1:{}>;expires=0\r\n",
+        phone.port()
+    );
+    let r = phone
+        .request(&register(
+            phone.port(),
+            "alice",
+            &format!("reg-alice-{}", phone.port()),
+            2,
+            &contact,
+        ))
+        .await;
+    assert_eq!(status(&r), 200, "{r}");
+    for n in [&a, &b, &c] {
+        eventually("alice is gone everywhere", || table(n).is_empty()).await;
+    }
+    assert_eq!(
+        pg.psql_async("SELECT count(*) FROM bindings WHERE deleted")
+            .await,
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn a_binding_that_expires_at_its_owner_is_deleted_everywhere() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    // Expiry at the owner (min_expires is 60 s, too long to wait): A's table
+    // purges the binding as if its time had come, and A's store records the
+    // deletion the way the expiry task does; B follows the tombstone.
+    let _p = register_at(&a, "carol", 3600, "").await;
+    eventually("carol reaches b", || owners(&b) == vec![pair("carol", "a")]).await;
+    let purged = a
+        .node
+        .as_ref()
+        .unwrap()
+        .node
+        .registrar()
+        .location()
+        .purge_expired(u64::MAX);
+    assert_eq!(purged.len(), 1);
+    // B's own expiry check sees nothing expired; the deletion must come from A
+    // through the database. Queue A's delete the way the expiry task does.
+    let writer_ops = vec![tandem::store::StoreOp::Delete {
+        aor: purged[0].aor.clone(),
+        key: purged[0].key.clone(),
+        version: purged[0].version,
+    }];
+    let mut store = tandem::store::postgres::PgStore::connect(&pg.url(), purged[0].owner.clone())
+        .await
+        .unwrap();
+    use tandem::store::BindingStore;
+    store.apply(&writer_ops).await.unwrap();
+    eventually("carol is gone at b", || table(&b).is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_dead_node_is_dropped_by_its_peers_and_purged_once() {
+    let pg = TestPostgres::start().await;
+    let mut a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let c = cluster_node(&pg, "c", "127.0.0.4").await;
+    let _p1 = register_at(&a, "alice", 3600, "").await;
+    let _p2 = register_at(&b, "bob", 3600, "").await;
+    for n in [&a, &b, &c] {
+        eventually("both bindings everywhere", || table(n).len() == 2).await;
+    }
+
+    // A stops heartbeating (its tasks end; nothing is deleted by A itself)
+    a.node.take().unwrap().shutdown().await;
+    let t0 = tokio::time::Instant::now();
+    for n in [&b, &c] {
+        eventually("A's bindings dropped", || {
+            owners(n) == vec![pair("bob", "b")]
+        })
+        .await;
+    }
+    eprintln!(
+        "A's bindings dropped by B and C after {:?} (timeout 1.5 s)",
+        t0.elapsed()
+    );
+    // purged in the database once: one tombstone for alice, A marked dead
+    eventually("A purged", || {
+        pg.psql("SELECT count(*) FROM bindings WHERE deleted AND owner_node = 'a'") == "1"
+    })
+    .await;
+    assert_eq!(
+        pg.psql_async("SELECT alive FROM nodes WHERE node_id = 'a'")
+            .await,
+        "f"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        pg.psql_async("SELECT count(*) FROM bindings WHERE owner_node = 'a'")
+            .await,
+        "1",
+        "the purge ran once"
+    );
+
+    // FIG. 4C: A comes back and receives the snapshot (bob from B), not its purged alice
+    a.node = Some(start(a.cfg.clone()).await.expect("A restarts"));
+    assert_eq!(owners(&a), vec![pair("bob", "b")]);
+    // and from now on its registrations reach the others again
+    let _p3 = register_at(&a, "carol", 3600, "").await;
+    for n in [&b, &c] {
+        eventually("carol reaches the peers", || table(n).len() == 2).await;
+    }
+}
+
+#[tokio::test]
+async fn a_joining_node_gets_the_snapshot_then_live_changes() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let mut phones = Vec::new();
+    for i in 0..50 {
+        let n = if i % 2 == 0 { &a } else { &b };
+        phones.push(register_at(n, &format!("u{i}"), 3600, "").await);
+    }
+    let c = cluster_node(&pg, "c", "127.0.0.4").await;
+    // the snapshot is loaded before start() returns
+    assert_eq!(table(&c).len(), 50);
+    let _late = register_at(&a, "late", 3600, "").await;
+    eventually("a registration after the join reaches C", || {
+        table(&c).len() == 51
+    })
+    .await;
+    assert_eq!(table(&c), table(&a));
+    assert_eq!(table(&b), table(&a));
+}
+
+#[tokio::test]
+async fn the_seed_race_latest_registration_wins_everywhere() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let c = cluster_node(&pg, "c", "127.0.0.4").await;
+    // extension 1000 with one instance id: the same binding wherever it registers
+    let inst = ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-000000001000>\"";
+    let _at_a = register_at(&a, "1000", 3600, inst).await;
+    for n in [&b, &c] {
+        eventually("1000 at A everywhere", || {
+            owners(n) == vec![pair("1000", "a")]
+        })
+        .await;
+    }
+    let old = table(&a)[0].clone();
+    // the device moves to C
+    let _at_c = register_at(&c, "1000", 3600, inst).await;
+    for n in [&a, &b, &c] {
+        eventually("1000 now owned by C everywhere", || {
+            owners(n) == vec![pair("1000", "c")]
+        })
+        .await;
+    }
+    // A's deletion of the binding it had (its expiry, or a failed poll) arrives
+    // late: it names the old version, so C's newer registration stays
+    let mut store = tandem::store::postgres::PgStore::connect(&pg.url(), old.owner.clone())
+        .await
+        .unwrap();
+    use tandem::store::BindingStore;
+    store
+        .apply(&[tandem::store::StoreOp::Delete {
+            aor: old.aor.clone(),
+            key: old.key.clone(),
+            version: old.version,
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [&a, &b, &c] {
+        assert_eq!(owners(n), vec![pair("1000", "c")]);
+    }
+    assert_eq!(
+        pg.psql_async("SELECT owner_node, deleted FROM bindings")
+            .await,
+        "c|f"
+    );
+}
+
+#[tokio::test]
+async fn after_postgres_restarts_every_table_equals_the_database() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let mut phones = Vec::new();
+    for i in 0..10 {
+        phones.push(register_at(&a, &format!("before{i}"), 3600, "").await);
+    }
+    eventually("B has the first ten", || table(&b).len() == 10).await;
+    pg.restart_async().await;
+    // registrations after the restart: the first may fail (500) while the
+    // writer reconnects; a phone retries
+    for i in 0..10 {
+        let user = format!("after{i}");
+        let c = UdpClient::new(a.udp()).await;
+        let contact = format!("Contact: <sip:{user}@127.0.0.1:{}>\r\n", c.port());
+        let mut ok = false;
+        for attempt in 1..=20 {
+            let r = c
+                .request(&register(
+                    c.port(),
+                    &user,
+                    &format!("reg-{user}"),
+                    attempt,
+                    &contact,
+                ))
+                .await;
+            if status(&r) == 200 {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(ok, "{user} registered after the restart");
+        phones.push(c);
+    }
+    let db_rows = || {
+        pg.psql("SELECT aor || ' ' || owner_node FROM bindings WHERE NOT deleted ORDER BY aor, binding_key")
+    };
+    let mem = |n: &TestNode| {
+        table(n)
+            .into_iter()
+            .map(|b| format!("{} {}", b.aor, b.owner.0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eventually("A and B equal the database", || {
+        let db = db_rows();
+        db.lines().count() == 20 && mem(&a) == db && mem(&b) == db
+    })
+    .await;
+}
