@@ -365,3 +365,120 @@ async fn after_postgres_restarts_every_table_equals_the_database() {
     })
     .await;
 }
+
+fn cluster_of(n: &TestNode) -> &std::sync::Arc<tandem::cluster::Cluster> {
+    n.node
+        .as_ref()
+        .unwrap()
+        .node
+        .cluster()
+        .expect("a cluster node")
+}
+
+async fn knows_peer(n: &TestNode, peer: &str) {
+    let id = tandem::location::NodeId(peer.into());
+    eventually("the peer's SIP address is known", || {
+        cluster_of(n).sip_addr_of(&id).is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_from_a_phone_on_b_reaches_a_phone_on_a() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let alice = register_at(&a, "alice", 3600, "").await;
+    eventually("B knows alice", || owners(&b) == vec![pair("alice", "a")]).await;
+    knows_peer(&b, "a").await;
+
+    // the caller is B's; B forwards to A, the owner, which delivers to alice
+    let caller = UdpClient::new(b.udp()).await;
+    // the cluster's one domain (every node serves it; the phones registered in it)
+    let ruri = "sip:alice@127.0.0.1".to_string();
+    caller
+        .send(invite(&caller, &ruri, "x-node", "xn1").as_bytes())
+        .await;
+    let inv = next_request(&alice, "INVITE").await;
+    assert!(
+        inv.starts_with(&format!("INVITE sip:alice@127.0.0.1:{} ", alice.port())),
+        "A put alice's contact in the Request-URI: {inv}"
+    );
+    let vias = headers(&inv, "Via");
+    assert_eq!(vias.len(), 3, "caller, B, A: {inv}");
+    assert!(vias[0].contains(&a.udp().to_string()) && vias[1].contains(&b.udp().to_string()));
+    let rr = headers(&inv, "Record-Route");
+    assert_eq!(rr.len(), 2, "both nodes stay in the dialog: {inv}");
+
+    let contact = format!("Contact: <sip:alice@127.0.0.1:{}>\r\n", alice.port());
+    reply(&alice, &answer(&inv, 200, "OK", "alicetag", &contact)).await;
+    let ok = next_status(&caller, 200).await;
+    assert_eq!(headers(&ok, "Via").len(), 1, "{ok}");
+
+    // ACK and BYE follow the route set (Record-Route reversed) through B and A
+    let routes: String = headers(&ok, "Record-Route")
+        .into_iter()
+        .rev()
+        .map(|r| format!("Route: {r}\r\n"))
+        .collect();
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} sip:alice@127.0.0.1:{alice_port} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{method}{cseq}\r\n\
+             {routes}\
+             Max-Forwards: 70\r\n\
+             From: {from}\r\n\
+             To: {to}\r\n\
+             Call-ID: x-node\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n",
+            alice_port = alice.port(),
+            port = caller.port(),
+            from = headers(&ok, "From")[0],
+            to = headers(&ok, "To")[0],
+        )
+    };
+    caller.send(in_dialog("ACK", 1).as_bytes()).await;
+    let ack = next_request(&alice, "ACK").await;
+    assert!(headers(&ack, "Route").is_empty(), "{ack}");
+    caller.send(in_dialog("BYE", 2).as_bytes()).await;
+    let bye = next_request(&alice, "BYE").await;
+    reply(&alice, &answer(&bye, 200, "OK", "alicetag", "")).await;
+    let bye_ok = next_status(&caller, 200).await;
+    assert!(bye_ok.contains("CSeq: 2 BYE"), "{bye_ok}");
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_removed_when_its_owner_no_longer_has_the_phone() {
+    let pg = TestPostgres::start().await;
+    let a = cluster_node(&pg, "a", "127.0.0.2").await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let _bob = register_at(&a, "bob", 3600, "").await;
+    eventually("B knows bob", || owners(&b) == vec![pair("bob", "a")]).await;
+    knows_peer(&b, "a").await;
+    // A lost bob (as if he moved and A's deletion has not reached B yet)
+    let removed = a
+        .node
+        .as_ref()
+        .unwrap()
+        .node
+        .registrar()
+        .location()
+        .remove_owned("sip:bob@127.0.0.1", &tandem::location::NodeId("a".into()));
+    assert_eq!(removed, 1);
+
+    let caller = UdpClient::new(b.udp()).await;
+    let ruri = "sip:bob@127.0.0.1".to_string();
+    caller
+        .send(invite(&caller, &ruri, "stale", "st1").as_bytes())
+        .await;
+    let fin = loop {
+        let m = caller.recv(CALL_WAIT).await.expect("an answer");
+        if status(&m) >= 200 {
+            break m;
+        }
+    };
+    assert!(matches!(status(&fin), 404 | 480), "{fin}");
+    // B dropped its stale entry for bob
+    assert!(owners(&b).is_empty(), "{:?}", owners(&b));
+}

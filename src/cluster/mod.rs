@@ -41,6 +41,16 @@ impl Cluster {
         }
     }
 
+    /// The live peer whose SIP address is `addr` (a request from another node).
+    pub fn peer_at(&self, addr: std::net::SocketAddr) -> Option<NodeId> {
+        let addr = addr.to_string();
+        self.peers
+            .lock()
+            .iter()
+            .find(|p| p.sip_addr == addr && !p.stale)
+            .map(|p| p.node.clone())
+    }
+
     /// Where a live peer takes SIP.
     pub fn sip_addr_of(&self, node: &NodeId) -> Option<String> {
         self.peers

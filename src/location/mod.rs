@@ -256,6 +256,23 @@ impl LocationTable {
         removed
     }
 
+    /// Removes `owner`'s bindings of one AOR (a stale entry: the owner said it
+    /// no longer has them); returns how many.
+    pub fn remove_owned(&self, aor: &str, owner: &NodeId) -> usize {
+        let mut inner = self.inner.write();
+        let Some(list) = inner.by_aor.get_mut(aor) else {
+            return 0;
+        };
+        let before = list.len();
+        list.retain(|b| &b.owner != owner);
+        let removed = before - list.len();
+        if list.is_empty() {
+            inner.by_aor.remove(aor);
+        }
+        inner.count -= removed;
+        removed
+    }
+
     /// Every binding held, for the admin listener and tests (a copy).
     pub fn snapshot(&self) -> Vec<Binding> {
         self.inner

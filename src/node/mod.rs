@@ -345,6 +345,18 @@ impl Node {
                         calls.on_failed(SystemTime::now(), &key, status, reason);
                     }
                 }
+                Action::PeerHasNoBinding { peer, uri } => {
+                    // seed 000: the owner no longer has the phone; our entry is stale
+                    if let Ok(u) = crate::sip::message::Uri::parse(&uri) {
+                        let owner = crate::location::NodeId(peer.as_str().into());
+                        let n = self.registrar.location().remove_owned(&u.aor_key(), &owner);
+                        if n > 0 {
+                            tracing::info!(%peer, aor = %u.aor_key(), removed = n, "stale cluster entry removed");
+                            metrics::counter!("tandem_cluster_stale_entries_removed_total")
+                                .increment(n as u64);
+                        }
+                    }
+                }
             }
         }
     }
@@ -353,10 +365,14 @@ impl Node {
     fn forward(&self, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
         // RFC 3261 §22.3: local users' calls are authenticated (407); gateways and
         // trusted addresses are not challenged.
+        // A request from another node of the cluster is for a phone registered
+        // here (seed 000): its caller was authenticated where it came in.
+        let from_peer = self.cluster.get().and_then(|c| c.peer_at(src.peer));
         if let Some(r) = self.routing.get() {
             let ip = src.peer.ip();
-            let trusted =
-                r.trusted.contains(&ip) || r.gateways.iter().any(|g| g.address.ip() == ip);
+            let trusted = from_peer.is_some()
+                || r.trusted.contains(&ip)
+                || r.gateways.iter().any(|g| g.address.ip() == ip);
             if r.authenticate_calls && !trusted {
                 if let Err(resp) = self.registrar.authenticate_caller(&req, Instant::now()) {
                     return self.respond(&key, &req, src, dest, resp);
@@ -377,11 +393,37 @@ impl Node {
         let (plan, known) = match destination {
             Destination::Local { aor } => {
                 let bindings = location.lookup(&aor, now_wall);
+                let me = self.registrar.node_id();
+                let cluster = self.cluster.get();
+                // Another node's phones are reached through that node, which
+                // delivers over the phone's own flow (seed 000's process id =
+                // owner node + binding): one branch per owner node. What a peer
+                // sent us goes to our own phones only (no loop back).
+                let mut targets: Vec<Target> = Vec::new();
+                if let (Some(c), None) = (cluster, &from_peer) {
+                    let mut seen = std::collections::HashSet::new();
+                    for owner in bindings.iter().map(|b| &b.owner).filter(|o| *o != me) {
+                        if !seen.insert(owner) {
+                            continue;
+                        }
+                        let Some(dest) = c.sip_addr_of(owner).and_then(|a| a.parse().ok()) else {
+                            continue; // dead or unknown: its phones re-register elsewhere
+                        };
+                        targets.push(Target {
+                            uri: req.uri.as_str().to_string(),
+                            dest,
+                            transport: Protocol::Udp,
+                            gateway: None,
+                            peer: Some(owner.0.to_string()),
+                        });
+                    }
+                }
                 // Phones are reached where their REGISTER came from (NAT-friendly):
                 // over UDP to that address, over TCP on that connection while it
                 // is open (a closed flow is no way to the phone, RFC 5626 §5.3).
-                let targets: Vec<Target> = bindings
+                let local = bindings
                     .iter()
+                    .filter(|b| cluster.is_none() || &b.owner == me)
                     .filter_map(|b| {
                         let (transport, addr) = b.source.split_once(':')?;
                         let dest: SocketAddr = addr.parse().ok()?;
@@ -395,9 +437,10 @@ impl Node {
                             dest,
                             transport,
                             gateway: None,
+                            peer: None,
                         })
-                    })
-                    .collect();
+                    });
+                targets.extend(local);
                 let known = !bindings.is_empty() || self.registrar.is_user(&user);
                 (Plan::Parallel(targets), known)
             }
@@ -424,6 +467,7 @@ impl Node {
                         dest: g.address,
                         transport: Protocol::Udp,
                         gateway: Some(g.name.clone()),
+                        peer: None,
                     })
                     .collect();
                 (Plan::Serial(targets), true)
@@ -561,6 +605,7 @@ impl Node {
                     dest: next.addr,
                     transport: next.transport,
                     gateway: None,
+                    peer: None,
                 };
                 self.proxy.lock().forward(
                     Instant::now(),

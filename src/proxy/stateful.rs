@@ -29,6 +29,9 @@ pub struct Target {
     pub transport: Protocol,
     /// The gateway's name when the target is a gateway.
     pub gateway: Option<String>,
+    /// The cluster node that owns the phone's binding, when the request goes to
+    /// that node rather than to the phone (seed 000: the owner delivers it).
+    pub peer: Option<String>,
 }
 
 /// Where a request came from or goes to: the transport and the peer's address
@@ -87,6 +90,10 @@ pub enum Action {
         status: u16,
         cancelled: bool,
     },
+    /// A peer node answered 404/480 for a request sent to it for its phone: it
+    /// no longer has the binding (seed 000's stale entry). `uri` is the
+    /// Request-URI it was asked for.
+    PeerHasNoBinding { peer: String, uri: String },
 }
 
 enum ClientTx {
@@ -549,6 +556,12 @@ impl Proxy {
                 if !first {
                     return;
                 }
+                if let (Some(peer), 404 | 480) = (&target.peer, status) {
+                    self.actions.push_back(Action::PeerHasNoBinding {
+                        peer: peer.clone(),
+                        uri: target.uri.clone(),
+                    });
+                }
                 self.on_branch_failed(now, &server, status, Some(resp));
             }
             ClientEvent::Timeout | ClientEvent::TransportError => {
@@ -949,6 +962,7 @@ mod tests {
             dest,
             transport: Protocol::Udp,
             gateway: None,
+            peer: None,
         };
         let caller = Hop {
             transport: Protocol::Udp,

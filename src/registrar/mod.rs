@@ -88,6 +88,11 @@ impl Registrar {
         self.users.contains_key(user)
     }
 
+    /// This node's identity (the owner of the bindings registered here).
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
     pub fn location(&self) -> &Arc<LocationTable> {
         &self.location
     }

@@ -370,3 +370,72 @@ impl TcpClient {
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// How long call tests wait for each message.
+pub const CALL_WAIT: Duration = Duration::from_secs(5);
+
+/// The next request (not a response) a socket receives, skipping responses.
+pub async fn next_request(c: &UdpClient, method: &str) -> String {
+    loop {
+        let m = c
+            .recv(CALL_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {method} arrived"));
+        if m.starts_with(method) {
+            return m;
+        }
+    }
+}
+
+/// The next response with this status.
+pub async fn next_status(c: &UdpClient, want: u16) -> String {
+    loop {
+        let m = c
+            .recv(CALL_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {want} arrived"));
+        if status(&m) == want {
+            return m;
+        }
+    }
+}
+
+pub fn invite(caller: &UdpClient, ruri: &str, call_id: &str, branch: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@127.0.0.1>;tag=caller-{call_id}\r\n\
+         To: <{ruri}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@127.0.0.1:{port}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: 4\r\n\r\nv=0\n",
+        port = caller.port()
+    )
+}
+
+/// A response built from a received request (Via, From, To, Call-ID, CSeq copied).
+pub fn answer(req: &str, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for name in ["Via", "Record-Route", "From", "Call-ID", "CSeq"] {
+        for v in headers(req, name) {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    let to = headers(req, "To")[0];
+    if to.contains("tag=") {
+        out.push_str(&format!("To: {to}\r\n"));
+    } else {
+        out.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+pub async fn reply(c: &UdpClient, msg: &str) {
+    // answers go to Tandem (the top Via of what it forwarded)
+    c.send(msg.as_bytes()).await;
+}
