@@ -115,6 +115,16 @@ pub struct RegistrarConfig {
     pub max_expires_secs: u32,
     pub default_expires_secs: u32,
     pub max_contacts_per_aor: usize,
+    /// Poll this node's UDP bindings with OPTIONS (seed 000 FIG. 4B); a phone
+    /// that misses `poll_max_misses` polls in a row is unregistered.
+    pub poll_contacts: bool,
+    pub poll_interval_secs: u64,
+    pub poll_timeout_ms: u64,
+    pub poll_max_misses: u32,
+    /// A binding registered over TCP is removed when its connection closes (the
+    /// phone stopped its CRLF keep-alives and the idle timeout closed it, or it
+    /// went away): nothing can reach it any more (RFC 5626 §5.3).
+    pub unregister_on_flow_close: bool,
 }
 
 impl Default for RegistrarConfig {
@@ -128,6 +138,11 @@ impl Default for RegistrarConfig {
             max_expires_secs: 7200,
             default_expires_secs: 3600,
             max_contacts_per_aor: 10,
+            poll_contacts: false,
+            poll_interval_secs: 30,
+            poll_timeout_ms: 5000,
+            poll_max_misses: 3,
+            unregister_on_flow_close: false,
         }
     }
 }
@@ -380,6 +395,12 @@ impl Config {
             return Err(err("sip.max_transactions", "must be > 0".into()));
         }
         let r = &self.registrar;
+        if r.poll_contacts && (r.poll_interval_secs == 0 || r.poll_timeout_ms == 0) {
+            return Err(err(
+                "registrar.poll_interval_secs",
+                "poll_interval_secs and poll_timeout_ms must be > 0".into(),
+            ));
+        }
         if r.min_expires_secs == 0 || r.min_expires_secs > r.max_expires_secs {
             return Err(err(
                 "registrar.min_expires_secs",

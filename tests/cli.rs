@@ -54,6 +54,9 @@ fn check_config_accepts_the_shipped_config() {
     // the file given by --config is checked when none follows check-config
     let o = tandem(&["--config", "config/tandem.toml", "check-config"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // and the cluster example
+    let o = tandem(&["check-config", "config/cluster-node.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]
@@ -110,6 +113,16 @@ fn check_config_names_a_bad_value() {
             "[store]\nbackend = \"oracle\"\n",
             "store.backend",
             "unknown variant",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\n",
+            "store.url",
+            "needs url",
+        ),
+        (
+            "[cluster]\nheartbeat_interval_ms = 5000\nnode_timeout_ms = 1000\n",
+            "cluster.node_timeout_ms",
+            "longer than",
         ),
         (
             "[[users]]\nusername = \"a\"\npassword = \"x\"\n[[users]]\nusername = \"b\"\npassword = \"\"\n",

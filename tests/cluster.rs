@@ -482,3 +482,74 @@ async fn a_stale_entry_is_removed_when_its_owner_no_longer_has_the_phone() {
     // B dropped its stale entry for bob
     assert!(owners(&b).is_empty(), "{:?}", owners(&b));
 }
+
+#[tokio::test]
+async fn a_phone_that_stops_answering_polls_is_deleted_everywhere() {
+    let pg = TestPostgres::start().await;
+    let mut cfg = cluster_config("a", "127.0.0.2", &pg.url());
+    cfg.registrar.poll_contacts = true;
+    cfg.registrar.poll_interval_secs = 1;
+    cfg.registrar.poll_timeout_ms = 300;
+    cfg.registrar.poll_max_misses = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestNode {
+        node: Some(start(cfg.clone()).await.expect("A starts")),
+        dir,
+        cfg,
+    };
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let alive = register_at(&a, "alive", 3600, "").await;
+    let silent = register_at(&a, "silent", 3600, "").await;
+    eventually("both reach B", || table(&b).len() == 2).await;
+    // `alive` answers every OPTIONS its owner sends; `silent` never does
+    let answering = tokio::spawn(async move {
+        loop {
+            let Some(m) = alive.recv(Duration::from_secs(30)).await else {
+                return;
+            };
+            if m.starts_with("OPTIONS ") {
+                alive
+                    .send(answer(&m, 200, "OK", "pong", "").as_bytes())
+                    .await;
+            }
+        }
+    });
+    for n in [&a, &b] {
+        eventually("the silent phone is deleted everywhere", || {
+            owners(n) == vec![pair("alive", "a")]
+        })
+        .await;
+    }
+    // it was polled: OPTIONS reached it
+    let polled = silent.recv(Duration::from_millis(100)).await;
+    assert!(polled.is_some_and(|m| m.starts_with("OPTIONS sip:silent@")));
+    answering.abort();
+}
+
+#[tokio::test]
+async fn a_tcp_phone_whose_connection_closes_is_deleted_everywhere() {
+    let pg = TestPostgres::start().await;
+    let mut cfg = cluster_config("a", "127.0.0.2", &pg.url());
+    cfg.registrar.unregister_on_flow_close = true;
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestNode {
+        node: Some(start(cfg.clone()).await.expect("A starts")),
+        dir,
+        cfg,
+    };
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let mut phone = TcpClient::connect(a.tcp()).await;
+    let contact = "Contact: <sip:tcpbob@127.0.0.1:9;transport=tcp>\r\n";
+    let reg = register(phone.port(), "tcpbob", "reg-tcpbob", 1, contact)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    phone.send(reg.as_bytes()).await;
+    assert_eq!(status(&phone.next(CALL_WAIT).await.expect("200")), 200);
+    eventually("tcpbob reaches B", || {
+        owners(&b) == vec![pair("tcpbob", "a")]
+    })
+    .await;
+    drop(phone); // the connection closes (no more keep-alives)
+    for n in [&a, &b] {
+        eventually("tcpbob is deleted everywhere", || table(n).is_empty()).await;
+    }
+}

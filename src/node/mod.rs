@@ -13,6 +13,7 @@ use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
 use crate::proxy::probe::GatewayProber;
 use crate::proxy::stateful::{Action, Hop, Plan, Proxy, ProxyConfig, Target};
+use crate::registrar::poll::{ContactPoller, PollTarget};
 use crate::registrar::{Outcome, Registrar};
 use crate::routing::{Destination, DialPlan};
 use crate::sip::message::build::{
@@ -57,6 +58,8 @@ pub struct Node {
     flows: Arc<Flows>,
     /// Set when the node is part of a PostgreSQL cluster.
     cluster: OnceLock<Arc<Cluster>>,
+    /// OPTIONS polls of this node's phones (`registrar.poll_contacts`).
+    poller: Mutex<Option<ContactPoller>>,
 }
 
 /// The dial plan and where its gateway groups lead.
@@ -184,7 +187,57 @@ impl Node {
             proxy_out: Mutex::new(()),
             flows: Arc::new(Flows::default()),
             cluster: OnceLock::new(),
+            poller: Mutex::new(None),
         }
+    }
+
+    /// Turns polling of registered phones on (seed 000 FIG. 4B).
+    pub fn set_poller(&self, mut poller: ContactPoller) {
+        poller.set_local(self.proxy.lock().local());
+        *self.poller.lock() = Some(poller);
+    }
+
+    /// The bindings to poll and the TCP bindings whose connection closed, from
+    /// the location table (run every few seconds, not per tick: it walks the
+    /// whole table). `flow_close` says whether closed flows unregister.
+    pub fn refresh_polls(&self, flow_close: bool) {
+        let me = self.registrar.node_id().clone();
+        let mut targets = Vec::new();
+        let mut closed = Vec::new();
+        let polling = self.poller.lock().is_some();
+        for b in self.registrar.location().snapshot() {
+            if b.owner != me {
+                continue;
+            }
+            let Some((transport, addr)) = b.source.split_once(':') else {
+                continue;
+            };
+            let Ok(dest) = addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            match transport {
+                "udp" if polling => targets.push(PollTarget {
+                    aor: b.aor,
+                    key: b.key,
+                    version: b.version,
+                    contact: b.contact,
+                    dest,
+                }),
+                "tcp" if flow_close && !self.flows.is_open(dest) => closed.push(b),
+                _ => {}
+            }
+        }
+        for b in closed {
+            if self.registrar.drop_binding(&b.aor, &b.key, b.version) {
+                tracing::info!(aor = %b.aor, source = %b.source, "TCP flow closed; binding removed");
+                metrics::counter!("tandem_bindings_removed_total", "reason" => "flow_closed")
+                    .increment(1);
+            }
+        }
+        if let Some(p) = self.poller.lock().as_mut() {
+            p.sync(Instant::now(), targets);
+        }
+        metrics::gauge!("tandem_bindings_active").set(self.registrar.location().len() as f64);
     }
 
     pub fn set_cluster(&self, cluster: Arc<Cluster>) {
@@ -663,6 +716,11 @@ impl Node {
                         return;
                     }
                 }
+                if let Some(p) = self.poller.lock().as_mut() {
+                    if p.on_response(&resp) {
+                        return;
+                    }
+                }
                 // A response that matches no client transaction is dropped
                 // (RFC 3261 §18.1.2; RFC 4475 `unreason`, `bcast`).
                 metrics::counter!("tandem_sip_stray_responses_total").increment(1);
@@ -836,9 +894,27 @@ impl Node {
             }
             None => Vec::new(),
         };
+        let mut gone = Vec::new();
+        let polls: Vec<(SocketAddr, Bytes)> = match self.poller.lock().as_mut() {
+            Some(p) => {
+                p.handle_timeout(Instant::now());
+                gone.extend(std::iter::from_fn(|| p.poll_gone()));
+                std::iter::from_fn(|| p.poll_transmit()).collect()
+            }
+            None => Vec::new(),
+        };
         if let Some(sock) = self.outbound.get() {
-            for (to, b) in probes {
+            for (to, b) in probes.into_iter().chain(polls) {
                 Replier::Udp(sock.clone()).send(to, b);
+            }
+        }
+        for t in gone {
+            // seed 000 FIG. 4B: the phone stopped answering its owner's polls
+            if self.registrar.drop_binding(&t.aor, &t.key, t.version) {
+                tracing::info!(aor = %t.aor, contact = %t.contact, "phone stopped answering OPTIONS; binding removed");
+                metrics::counter!("tandem_bindings_removed_total", "reason" => "poll").increment(1);
+                metrics::gauge!("tandem_bindings_active")
+                    .set(self.registrar.location().len() as f64);
             }
         }
         let mut out = Vec::new();

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::location::{now_ms, LocationTable, NodeId};
 use crate::proxy::cdr::CallsHousekeeping;
+use crate::registrar::poll::ContactPoller;
 use crate::registrar::Registrar;
 use crate::sip::transaction::TimerConfig;
 use crate::sip::transport::tcp::TcpLimits;
@@ -207,6 +208,27 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             cfg.cluster.clone(),
         )));
     }
+    let reg = &cfg.registrar;
+    if reg.poll_contacts {
+        node.set_poller(ContactPoller::new(
+            udp_addrs
+                .first()
+                .copied()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))),
+            Duration::from_secs(reg.poll_interval_secs),
+            Duration::from_millis(reg.poll_timeout_ms),
+            reg.poll_max_misses,
+        ));
+    }
+    if reg.poll_contacts || reg.unregister_on_flow_close {
+        tasks.push(tokio::spawn(refresh_polls(
+            node.clone(),
+            reg.unregister_on_flow_close,
+            // new bindings start being polled within this; closed flows are
+            // noticed within it
+            Duration::from_secs(reg.poll_interval_secs.clamp(1, 5)),
+        )));
+    }
     tasks.push(tokio::spawn(transaction_timers(node.clone())));
     tasks.push(tokio::spawn(expire_bindings(location, writer, node_id)));
     tasks.push(tokio::spawn(calls_housekeeping(CallsHousekeeping::new(
@@ -239,6 +261,15 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     tokio::net::TcpListener::from_std(sock.into())
+}
+
+async fn refresh_polls(node: Arc<Node>, flow_close: bool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        node.refresh_polls(flow_close);
+    }
 }
 
 async fn transaction_timers(node: Arc<Node>) {

@@ -2,6 +2,7 @@
 //! the location table, persists the changes and answers with every current binding.
 
 pub mod bindings;
+pub mod poll;
 
 use crate::config::{Config, DigestAlgorithm};
 use crate::location::{LocationTable, NodeId, UnixMs};
@@ -91,6 +92,32 @@ impl Registrar {
     /// This node's identity (the owner of the bindings registered here).
     pub fn node_id(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Removes one binding of this node's (its phone stopped answering polls, or
+    /// its TCP flow closed), if it is still the registration at `version`: a
+    /// newer registration of the same binding stays. Deleted everywhere through
+    /// the store (seed 000 FIG. 4B). Returns whether it was removed.
+    pub fn drop_binding(&self, aor: &str, key: &str, version: u64) -> bool {
+        let store = &self.store;
+        self.location
+            .update(aor, |existing| {
+                let Some(gone) = existing
+                    .iter()
+                    .find(|b| b.key == key && b.version == version)
+                else {
+                    return Err(());
+                };
+                // queued under the table's lock, in order with the changes around it
+                store.submit_detached(vec![StoreOp::Delete {
+                    aor: gone.aor.clone(),
+                    key: gone.key.clone(),
+                    version,
+                }]);
+                let kept = existing.iter().filter(|b| b.key != key).cloned().collect();
+                Ok((kept, ()))
+            })
+            .is_ok()
     }
 
     pub fn location(&self) -> &Arc<LocationTable> {
