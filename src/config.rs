@@ -191,6 +191,9 @@ pub struct ClusterConfig {
     /// The SIP address peers forward calls for this node's phones to (UDP);
     /// default: the first UDP listener.
     pub advertise: Option<SocketAddr>,
+    /// How often deletions every live node has applied are pruned from the
+    /// database (their tombstones are no longer needed).
+    pub tombstone_prune_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -200,6 +203,7 @@ impl Default for ClusterConfig {
             node_timeout_ms: 5000,
             poll_interval_ms: 1000,
             advertise: None,
+            tombstone_prune_secs: 60,
         }
     }
 }

@@ -30,6 +30,8 @@ backend = "postgres"
 url = "{url}"
 
 [cluster]
+# tests that count tombstones run well within a minute
+tombstone_prune_secs = 60
 heartbeat_interval_ms = 200
 node_timeout_ms = 1500
 poll_interval_ms = 200
@@ -551,5 +553,52 @@ async fn a_tcp_phone_whose_connection_closes_is_deleted_everywhere() {
     drop(phone); // the connection closes (no more keep-alives)
     for n in [&a, &b] {
         eventually("tcpbob is deleted everywhere", || table(n).is_empty()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_phone_unregistering_at_another_node_is_gone_at_its_owner_and_tombstones_are_pruned() {
+    let pg = TestPostgres::start().await;
+    let mut nodes = Vec::new();
+    for (id, ip) in [("a", "127.0.0.2"), ("b", "127.0.0.3")] {
+        let mut cfg = cluster_config(id, ip, &pg.url());
+        cfg.cluster.tombstone_prune_secs = 1;
+        nodes.push(TestNode {
+            node: Some(start(cfg.clone()).await.expect("node starts")),
+            dir: tempfile::tempdir().unwrap(),
+            cfg,
+        });
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let inst = ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000beef>\"";
+    let phone = register_at(a, "dave", 3600, inst).await;
+    eventually("dave reaches B", || owners(b) == vec![pair("dave", "a")]).await;
+    // the phone now talks to B and unregisters there (Expires 0, same instance)
+    let at_b = UdpClient::new(b.udp()).await;
+    let contact = format!(
+        "Contact: <sip:dave@127.0.0.1:{}>{inst};expires=0\r\n",
+        phone.port()
+    );
+    let r = at_b
+        .request(&register(at_b.port(), "dave", "unreg-dave", 1, &contact))
+        .await;
+    assert_eq!(status(&r), 200, "{r}");
+    for n in [&a, &b] {
+        eventually("dave is gone at both nodes, A included", || {
+            table(n).is_empty()
+        })
+        .await;
+    }
+    // the tombstone is pruned once every other live node has applied it
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if pg.psql_async("SELECT count(*) FROM bindings").await == "0" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tombstone never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

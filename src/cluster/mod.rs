@@ -18,6 +18,7 @@ use crate::store::StoreError;
 use dead::DeadPeers;
 use parking_lot::Mutex;
 use sqlx::postgres::PgListener;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub struct Cluster {
     pub dead: Mutex<DeadPeers>,
     /// The peers' SIP addresses (from the nodes table), for calls to their phones.
     pub peers: Mutex<Vec<Peer>>,
+    /// The change sequence this node's table is current to (reported with the
+    /// heartbeat, so tombstones everyone has applied can be pruned).
+    pub applied: AtomicI64,
 }
 
 impl Cluster {
@@ -38,6 +42,7 @@ impl Cluster {
             db,
             dead: Mutex::new(DeadPeers::default()),
             peers: Mutex::new(Vec::new()),
+            applied: AtomicI64::new(0),
         }
     }
 
@@ -122,6 +127,7 @@ pub async fn replicate(
                 }
             }
         }
+        cluster.applied.store(upto, Ordering::Relaxed);
         metrics::gauge!("tandem_cluster_change_seq").set(upto as f64);
         // A notification, a lost connection (try_recv reconnects on the next
         // call) or the poll interval: all mean "look again".
@@ -141,9 +147,12 @@ pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg
     let timeout = Duration::from_millis(cfg.node_timeout_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prune_every = Duration::from_secs(cfg.tombstone_prune_secs.max(1));
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if let Err(e) = cluster.db.heartbeat().await {
+        let applied = cluster.applied.load(Ordering::Relaxed);
+        if let Err(e) = cluster.db.heartbeat(applied).await {
             tracing::warn!(error = %e, "heartbeat failed");
             continue;
         }
@@ -164,6 +173,16 @@ pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg
                 Ok(0) => {}
                 Ok(n) => tracing::info!(node = %node.0, purged = n, "dead peer's bindings purged"),
                 Err(e) => tracing::warn!(error = %e, node = %node.0, "purging a dead peer failed"),
+            }
+        }
+        // Now and then, drop tombstones every other live node has applied; any
+        // node may do it, doing it twice is harmless.
+        if last_prune.elapsed() >= prune_every {
+            last_prune = tokio::time::Instant::now();
+            match cluster.db.prune_tombstones().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "tombstones pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning tombstones failed"),
             }
         }
         metrics::gauge!("tandem_cluster_peers_alive")

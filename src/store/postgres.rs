@@ -121,6 +121,7 @@ impl PgStore {
                 .bind(&d_aor)
                 .bind(&d_key)
                 .bind(&d_ver)
+                .bind(&*node)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -140,6 +141,7 @@ impl PgStore {
                 .bind(&up.user_agent)
                 .bind(&up.owner)
                 .bind(&up.version)
+                .bind(&*node)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -191,18 +193,19 @@ impl Upserts {
     }
 }
 
-const UPSERT: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node, version, deleted, seq)
- SELECT u.*, false, nextval('binding_seq') FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) AS u
+const UPSERT: &str = "INSERT INTO bindings (aor, binding_key, contact, instance, reg_id, q, call_id, cseq, expires_at, path, source, user_agent, owner_node, version, changed_by, deleted, seq)
+ SELECT u.*, $15, false, nextval('binding_seq') FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) AS u
  ON CONFLICT (aor, binding_key) DO UPDATE SET contact = excluded.contact, instance = excluded.instance,
  reg_id = excluded.reg_id, q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq,
  expires_at = excluded.expires_at, path = excluded.path, source = excluded.source,
  user_agent = excluded.user_agent, owner_node = excluded.owner_node, version = excluded.version,
- deleted = false, seq = excluded.seq
+ changed_by = excluded.changed_by, deleted = false, seq = excluded.seq
  WHERE bindings.version <= excluded.version";
 
 /// A deletion removes the binding at its version or older: a registration made
 /// since (perhaps at another node, the seed's race) is newer and stays.
-const TOMBSTONE: &str = "UPDATE bindings b SET deleted = true, seq = nextval('binding_seq')
+const TOMBSTONE: &str =
+    "UPDATE bindings b SET deleted = true, changed_by = $4, seq = nextval('binding_seq')
  FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS d(aor, k, v)
  WHERE b.aor = d.aor AND b.binding_key = d.k AND b.version <= d.v AND NOT b.deleted";
 
@@ -292,7 +295,7 @@ impl PgCluster {
         sqlx::query(
             "INSERT INTO nodes (node_id, sip_addr) VALUES ($1, $2)
              ON CONFLICT (node_id) DO UPDATE SET sip_addr = excluded.sip_addr,
-             started_at = now(), heartbeat_at = now(), alive = true",
+             started_at = now(), heartbeat_at = now(), alive = true, applied_seq = 0",
         )
         .bind(&*self.node.0)
         .bind(sip_addr)
@@ -301,12 +304,29 @@ impl PgCluster {
         Ok(())
     }
 
-    pub async fn heartbeat(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET heartbeat_at = now(), alive = true WHERE node_id = $1")
-            .bind(&*self.node.0)
-            .execute(&self.pool)
-            .await?;
+    /// This node is alive and has applied every change up to `applied`.
+    pub async fn heartbeat(&self, applied: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE nodes SET heartbeat_at = now(), alive = true, applied_seq = $2
+             WHERE node_id = $1",
+        )
+        .bind(&*self.node.0)
+        .bind(applied)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Deletes tombstones every live node has applied; returns how many.
+    pub async fn prune_tombstones(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM bindings b WHERE deleted
+             AND seq <= (SELECT COALESCE(min(n.applied_seq), 9223372036854775807) FROM nodes n
+                        WHERE n.alive AND n.node_id <> b.changed_by)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Every binding (all owners) not deleted nor expired, and the change
@@ -330,10 +350,11 @@ impl PgCluster {
         Ok((bindings, upto))
     }
 
-    /// Changes other nodes made after `seq`, oldest first, at most `limit`.
+    /// Changes other nodes made after `seq`, oldest first, at most `limit`
+    /// (including their deletions of bindings this node owns).
     pub async fn changes_since(&self, seq: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, deleted, seq FROM bindings WHERE seq > $1 AND owner_node <> $2
+            "SELECT {COLUMNS}, deleted, seq FROM bindings WHERE seq > $1 AND changed_by <> $2
              ORDER BY seq LIMIT $3"
         ))
         .bind(seq)
@@ -399,10 +420,11 @@ impl PgCluster {
             .execute(&mut *tx)
             .await?;
         let purged = sqlx::query(
-            "UPDATE bindings SET deleted = true, seq = nextval('binding_seq')
+            "UPDATE bindings SET deleted = true, changed_by = $2, seq = nextval('binding_seq')
              WHERE owner_node = $1 AND NOT deleted",
         )
         .bind(&*dead.0)
+        .bind(&*self.node.0)
         .execute(&mut *tx)
         .await?
         .rows_affected();
