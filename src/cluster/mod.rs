@@ -98,11 +98,12 @@ pub async fn replicate(
     loop {
         loop {
             match cluster.db.changes_since(upto, CATCH_UP_BATCH).await {
-                Ok(changes) => {
-                    let n = changes.len() as i64;
+                Ok((changes, current_to)) => {
+                    // moved by less than a whole window: caught up
+                    let full = current_to - upto >= CATCH_UP_BATCH;
+                    upto = current_to;
                     let mut applied = 0u64;
                     for c in changes {
-                        upto = c.seq;
                         // Applied even from a peer taken for dead: it may have
                         // restarted and registered before our next heartbeat
                         // reading. A dead peer's older changes that arrive after
@@ -117,7 +118,7 @@ pub async fn replicate(
                             .increment(applied);
                         metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
                     }
-                    if n < CATCH_UP_BATCH {
+                    if !full {
                         break;
                     }
                 }

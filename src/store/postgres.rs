@@ -350,28 +350,46 @@ impl PgCluster {
         Ok((bindings, upto))
     }
 
-    /// Changes other nodes made after `seq`, oldest first, at most `limit`
-    /// (including their deletions of bindings this node owns).
-    pub async fn changes_since(&self, seq: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+    /// Changes other nodes made after `seq`, oldest first (including their
+    /// deletions of bindings this node owns), and the sequence number they are
+    /// current to. Looks at most `limit` changes, this node's own included: the
+    /// returned sequence moves past this node's own changes too, so a node that
+    /// writes much and reads little does not scan its own rows again on every
+    /// notification (its own changes are skipped inside the index).
+    pub async fn changes_since(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<(Vec<Change>, i64), StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, deleted, seq FROM bindings WHERE seq > $1 AND changed_by <> $2
-             ORDER BY seq LIMIT $3"
+            "SELECT w.hi, c.* FROM
+               (SELECT max(seq) AS hi FROM
+                  (SELECT seq FROM bindings WHERE seq > $1 ORDER BY seq LIMIT $3) s) w
+             LEFT JOIN LATERAL
+               (SELECT {COLUMNS}, deleted, seq FROM bindings
+                WHERE seq > $1 AND seq <= w.hi AND changed_by <> $2 ORDER BY seq) c ON true"
         ))
         .bind(seq)
         .bind(&*self.node.0)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Change {
-                    seq: r.try_get("seq")?,
-                    deleted: r.try_get("deleted")?,
-                    binding: binding_of(r)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        let mut upto = seq;
+        let mut changes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(hi) = r.try_get::<Option<i64>, _>("hi")? {
+                upto = upto.max(hi);
+            }
+            if r.try_get::<Option<i64>, _>("seq")?.is_none() {
+                continue; // nothing from the others in this window
+            }
+            changes.push(Change {
+                seq: r.try_get("seq")?,
+                deleted: r.try_get("deleted")?,
+                binding: binding_of(r)?,
+            });
+        }
+        Ok((changes, upto))
     }
 
     /// The other nodes, each marked stale if its heartbeat is older than `timeout`
