@@ -602,3 +602,74 @@ async fn a_phone_unregistering_at_another_node_is_gone_at_its_owner_and_tombston
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_call_is_retried_where_the_phone_is_now_after_its_stale_owner_says_no() {
+    let pg = TestPostgres::start().await;
+    let b = cluster_node(&pg, "b", "127.0.0.3").await;
+    let c = cluster_node(&pg, "c", "127.0.0.4").await;
+    // node "x" is a socket this test drives, alive in the nodes table
+    let x = UdpClient::new(b.udp()).await;
+    pg.psql_async(&format!(
+        "INSERT INTO nodes (node_id, sip_addr) VALUES ('x', '127.0.0.1:{}')",
+        x.port()
+    ))
+    .await;
+    let url = pg.url();
+    let heartbeat = tokio::spawn(async move {
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        loop {
+            let _ = sqlx::query("UPDATE nodes SET heartbeat_at = now() WHERE node_id = 'x'")
+                .execute(&db)
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    knows_peer(&b, "x").await;
+    // B believes erin is registered at x (x's deletion has not reached B yet)
+    let stale = Binding {
+        aor: "sip:erin@127.0.0.1".into(),
+        key: "sip:erin@127.0.0.1:9".into(),
+        contact: "sip:erin@127.0.0.1:9".into(),
+        instance: None,
+        reg_id: None,
+        q: None,
+        call_id: "old".into(),
+        cseq: 1,
+        expires_at: tandem::location::now_ms() + 3_600_000,
+        path: vec![],
+        source: "udp:127.0.0.1:9".into(),
+        user_agent: None,
+        owner: tandem::location::NodeId("x".into()),
+        version: 1,
+    };
+    let b_table = b.node.as_ref().unwrap().node.registrar().location().clone();
+    assert!(b_table.apply_remote(stale, false));
+
+    let caller = UdpClient::new(b.udp()).await;
+    caller
+        .send(invite(&caller, "sip:erin@127.0.0.1", "retry-call", "rc1").as_bytes())
+        .await;
+    let to_x = next_request(&x, "INVITE").await;
+    // meanwhile erin has registered at C, and B has learnt it
+    let erin = register_at(&c, "erin", 3600, "").await;
+    eventually("B knows erin at C", || {
+        owners(&b).contains(&pair("erin", "c"))
+    })
+    .await;
+    knows_peer(&b, "c").await;
+    // x answers that it has no such phone: B drops the entry and tries C
+    x.send(answer(&to_x, 480, "Temporarily Unavailable", "xtag", "").as_bytes())
+        .await;
+    let inv = next_request(&erin, "INVITE").await;
+    let contact = format!("Contact: <sip:erin@127.0.0.1:{}>\r\n", erin.port());
+    reply(&erin, &answer(&inv, 200, "OK", "erintag", &contact)).await;
+    let ok = next_status(&caller, 200).await;
+    assert!(ok.contains("tag=erintag"), "{ok}");
+    assert_eq!(
+        owners(&b),
+        vec![pair("erin", "c")],
+        "the stale entry is gone"
+    );
+    heartbeat.abort();
+}

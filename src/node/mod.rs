@@ -306,10 +306,20 @@ impl Node {
     /// Carries out what the proxy asked for.
     fn run_proxy_actions(&self) {
         let _in_order = self.proxy_out.lock();
-        let actions: Vec<Action> = {
-            let mut p = self.proxy.lock();
-            std::iter::from_fn(|| p.poll_action()).collect()
-        };
+        // carrying out an action may give the proxy more to do (a retry)
+        loop {
+            let actions: Vec<Action> = {
+                let mut p = self.proxy.lock();
+                std::iter::from_fn(|| p.poll_action()).collect()
+            };
+            if actions.is_empty() {
+                break;
+            }
+            self.carry_out(actions);
+        }
+    }
+
+    fn carry_out(&self, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Send {
@@ -398,20 +408,55 @@ impl Node {
                         calls.on_failed(SystemTime::now(), &key, status, reason);
                     }
                 }
-                Action::PeerHasNoBinding { peer, uri } => {
-                    // seed 000: the owner no longer has the phone; our entry is stale
+                Action::PeerHasNoBinding { server, peer, uri } => {
+                    // seed 000: the owner no longer has the phone; our entry is
+                    // stale: remove it, look again, and try where it is now
+                    let mut retry = Vec::new();
                     if let Ok(u) = crate::sip::message::Uri::parse(&uri) {
+                        let aor = u.aor_key();
                         let owner = crate::location::NodeId(peer.as_str().into());
-                        let n = self.registrar.location().remove_owned(&u.aor_key(), &owner);
+                        let location = self.registrar.location();
+                        let n = location.remove_owned(&aor, &owner);
                         if n > 0 {
-                            tracing::info!(%peer, aor = %u.aor_key(), removed = n, "stale cluster entry removed");
+                            tracing::info!(%peer, %aor, removed = n, "stale cluster entry removed");
                             metrics::counter!("tandem_cluster_stale_entries_removed_total")
                                 .increment(n as u64);
                         }
+                        retry = self.peer_targets(&location.lookup(&aor, now_ms()), &uri);
                     }
+                    self.proxy
+                        .lock()
+                        .retry_after_stale(Instant::now(), &server, retry);
                 }
             }
         }
+    }
+
+    /// Branches to the other nodes that own some of `bindings` (one per owner,
+    /// Request-URI `uri`); none outside a cluster.
+    fn peer_targets(&self, bindings: &[crate::location::Binding], uri: &str) -> Vec<Target> {
+        let Some(c) = self.cluster.get() else {
+            return Vec::new();
+        };
+        let me = self.registrar.node_id();
+        let mut seen = std::collections::HashSet::new();
+        let mut targets = Vec::new();
+        for owner in bindings.iter().map(|b| &b.owner).filter(|o| *o != me) {
+            if !seen.insert(owner) {
+                continue;
+            }
+            let Some(dest) = c.sip_addr_of(owner).and_then(|a| a.parse().ok()) else {
+                continue; // dead or unknown: its phones re-register elsewhere
+            };
+            targets.push(Target {
+                uri: uri.to_string(),
+                dest,
+                transport: Protocol::Udp,
+                gateway: None,
+                peer: Some(owner.0.to_string()),
+            });
+        }
+        targets
     }
 
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
@@ -453,23 +498,8 @@ impl Node {
                 // owner node + binding): one branch per owner node. What a peer
                 // sent us goes to our own phones only (no loop back).
                 let mut targets: Vec<Target> = Vec::new();
-                if let (Some(c), None) = (cluster, &from_peer) {
-                    let mut seen = std::collections::HashSet::new();
-                    for owner in bindings.iter().map(|b| &b.owner).filter(|o| *o != me) {
-                        if !seen.insert(owner) {
-                            continue;
-                        }
-                        let Some(dest) = c.sip_addr_of(owner).and_then(|a| a.parse().ok()) else {
-                            continue; // dead or unknown: its phones re-register elsewhere
-                        };
-                        targets.push(Target {
-                            uri: req.uri.as_str().to_string(),
-                            dest,
-                            transport: Protocol::Udp,
-                            gateway: None,
-                            peer: Some(owner.0.to_string()),
-                        });
-                    }
+                if from_peer.is_none() {
+                    targets = self.peer_targets(&bindings, req.uri.as_str());
                 }
                 // Phones are reached where their REGISTER came from (NAT-friendly):
                 // over UDP to that address, over TCP on that connection while it

@@ -92,8 +92,13 @@ pub enum Action {
     },
     /// A peer node answered 404/480 for a request sent to it for its phone: it
     /// no longer has the binding (seed 000's stale entry). `uri` is the
-    /// Request-URI it was asked for.
-    PeerHasNoBinding { peer: String, uri: String },
+    /// Request-URI it was asked for. The proxy waits for
+    /// [`Proxy::retry_after_stale`] before it counts the branch as failed.
+    PeerHasNoBinding {
+        server: TxKey,
+        peer: String,
+        uri: String,
+    },
 }
 
 enum ClientTx {
@@ -170,6 +175,10 @@ struct Context {
     record_route: bool,
     /// Where the request came from: the caller's side of a Record-Route.
     inbound: Hop,
+    /// Peer nodes already tried (a retry after a stale entry goes elsewhere).
+    tried_peers: Vec<String>,
+    /// A peer's "no such binding" answers waiting for the node's retry decision.
+    stale: Vec<(u16, Response)>,
 }
 
 pub struct ProxyConfig {
@@ -334,6 +343,8 @@ impl Proxy {
             timer_c_id: None,
             record_route,
             inbound,
+            tried_peers: Vec::new(),
+            stale: Vec::new(),
         };
         let mut ctx = ctx;
         if let Some(t) = ctx.timer_c {
@@ -398,6 +409,9 @@ impl Proxy {
         let Some(ctx) = self.contexts.get_mut(server) else {
             return;
         };
+        if let Some(p) = &target.peer {
+            ctx.tried_peers.push(p.clone());
+        }
         req.headers.0.insert(
             0,
             crate::sip::message::Header {
@@ -557,10 +571,15 @@ impl Proxy {
                     return;
                 }
                 if let (Some(peer), 404 | 480) = (&target.peer, status) {
-                    self.actions.push_back(Action::PeerHasNoBinding {
-                        peer: peer.clone(),
-                        uri: target.uri.clone(),
-                    });
+                    if let Some(ctx) = self.contexts.get_mut(&server) {
+                        ctx.stale.push((status, resp));
+                        self.actions.push_back(Action::PeerHasNoBinding {
+                            server: server.clone(),
+                            peer: peer.clone(),
+                            uri: target.uri.clone(),
+                        });
+                        return;
+                    }
                 }
                 self.on_branch_failed(now, &server, status, Some(resp));
             }
@@ -571,6 +590,33 @@ impl Proxy {
                 }
             }
             ClientEvent::Terminated => {}
+        }
+    }
+
+    /// After a peer said it no longer has the phone (seed 000): the node removed
+    /// the stale entry and looked again; `targets` are where the phone is now.
+    /// Peers already tried are skipped. The stale answer then counts as a
+    /// failed branch (the call fails with it if nothing else answers).
+    pub fn retry_after_stale(&mut self, now: Instant, server: &TxKey, targets: Vec<Target>) {
+        let Some(ctx) = self.contexts.get_mut(server) else {
+            return;
+        };
+        let stale = std::mem::take(&mut ctx.stale);
+        if !ctx.cancelled && !ctx.final_sent {
+            let fresh: Vec<Target> = targets
+                .into_iter()
+                .filter(|t| {
+                    t.peer
+                        .as_ref()
+                        .is_some_and(|p| !ctx.tried_peers.contains(p))
+                })
+                .collect();
+            for t in fresh {
+                self.start_branch(now, server, t);
+            }
+        }
+        for (status, resp) in stale {
+            self.on_branch_failed(now, server, status, Some(resp));
         }
     }
 
