@@ -319,38 +319,44 @@ async fn after_postgres_restarts_every_table_equals_the_database() {
     let pg = TestPostgres::start().await;
     let a = cluster_node(&pg, "a", "127.0.0.2").await;
     let b = cluster_node(&pg, "b", "127.0.0.3").await;
-    let mut phones = Vec::new();
-    for i in 0..10 {
-        phones.push(register_at(&a, &format!("before{i}"), 3600, "").await);
-    }
-    eventually("B has the first ten", || table(&b).len() == 10).await;
-    pg.restart_async().await;
-    // registrations after the restart: the first may fail (500) while the
-    // writer reconnects; a phone retries
-    for i in 0..10 {
-        let user = format!("after{i}");
-        let c = UdpClient::new(a.udp()).await;
-        let contact = format!("Contact: <sip:{user}@127.0.0.1:{}>\r\n", c.port());
-        let mut ok = false;
-        for attempt in 1..=20 {
-            let r = c
-                .request(&register(
-                    c.port(),
-                    &user,
-                    &format!("reg-{user}"),
-                    attempt,
-                    &contact,
-                ))
-                .await;
-            if status(&r) == 200 {
-                ok = true;
-                break;
+    // a stream of 30 phones registering one after another at A; PostgreSQL
+    // restarts in the middle of it. A REGISTER that meets the restart gets an
+    // error answer (500) and its phone retries, as phones do.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a_udp = a.udp();
+    let counter = done.clone();
+    let stream = tokio::spawn(async move {
+        let mut phones = Vec::new();
+        let mut errors = 0;
+        for i in 0..30 {
+            let user = format!("s{i:02}");
+            let c = UdpClient::new(a_udp).await;
+            let contact = format!("Contact: <sip:{user}@127.0.0.1:{}>\r\n", c.port());
+            let mut ok = false;
+            for attempt in 1..=50 {
+                let reg = register(c.port(), &user, &format!("reg-{user}"), attempt, &contact);
+                let r = c.request(&reg).await;
+                if status(&r) == 200 {
+                    ok = true;
+                    break;
+                }
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(ok, "{user} never registered");
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            phones.push(c);
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        assert!(ok, "{user} registered after the restart");
-        phones.push(c);
-    }
+        (phones, errors)
+    });
+    eventually("the stream is under way", || {
+        done.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    })
+    .await;
+    pg.restart_async().await;
+    let (_phones, errors) = stream.await.expect("the stream ends");
+    eprintln!("REGISTERs answered with an error during the restart: {errors}");
     let db_rows = || {
         pg.psql("SELECT aor || ' ' || owner_node FROM bindings WHERE NOT deleted ORDER BY aor, binding_key")
     };
@@ -363,7 +369,7 @@ async fn after_postgres_restarts_every_table_equals_the_database() {
     };
     eventually("A and B equal the database", || {
         let db = db_rows();
-        db.lines().count() == 20 && mem(&a) == db && mem(&b) == db
+        db.lines().count() == 30 && mem(&a) == db && mem(&b) == db
     })
     .await;
 }
