@@ -15,7 +15,9 @@ use crate::sip::transport::tcp::TcpLimits;
 use crate::sip::transport::{tcp, udp, Handler};
 use crate::store::postgres::PgCluster;
 use crate::store::{self, StoreOp, StoreWriter};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -113,6 +115,10 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     });
     let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
     let mut tasks = Vec::new();
+    // The listeners are bound now (their addresses are needed to join a cluster)
+    // but served only once the node's table is loaded: until then the kernel
+    // queues what arrives, rather than the node answering from an empty table.
+    let mut serving: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     let mut udp_addrs = Vec::new();
     for addr in &cfg.sip.udp {
         let sock = udp::bind(*addr).map_err(|source| StartError::Bind {
@@ -134,7 +140,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         tracing::info!(%local, "listening on UDP");
         // two receivers per socket so both cores parse when the load calls for it
         for _ in 0..2 {
-            tasks.push(tokio::spawn(udp::serve(
+            serving.push(Box::pin(udp::serve(
                 sock.clone(),
                 cfg.sip.max_message_size,
                 handler.clone(),
@@ -161,7 +167,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         })?;
         tcp_addrs.push(local);
         tracing::info!(%local, "listening on TCP");
-        tasks.push(tokio::spawn(tcp::serve(
+        serving.push(Box::pin(tcp::serve(
             l,
             limits.clone(),
             handler.clone(),
@@ -178,7 +184,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             })?;
         let local = l.local_addr().ok();
         tracing::info!(local = ?local, "admin listener (/health, /metrics)");
-        tasks.push(tokio::spawn(crate::admin::serve(l, node.clone())));
+        serving.push(Box::pin(crate::admin::serve(l, node.clone())));
         local
     } else {
         None
@@ -208,6 +214,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             cfg.cluster.clone(),
         )));
     }
+    tasks.extend(serving.into_iter().map(tokio::spawn));
     let reg = &cfg.registrar;
     if reg.poll_contacts {
         node.set_poller(ContactPoller::new(
