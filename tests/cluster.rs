@@ -50,14 +50,34 @@ level = "warn"
 }
 
 async fn cluster_node(pg: &TestPostgres, id: &str, ip: &str) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = cluster_config(id, ip, &pg.url());
+    start_node(cluster_config(id, ip, &pg.url())).await
+}
+
+/// A node on a config a test adjusted (see `cluster_config`).
+async fn start_node(cfg: Config) -> TestNode {
     let node = start(cfg.clone()).await.expect("cluster node starts");
     TestNode {
         node: Some(node),
-        dir,
+        dir: tempfile::tempdir().unwrap(),
         cfg,
     }
+}
+
+/// The deletion of `b` (at its version) committed by its owner's store, the way
+/// the owner's expiry task or a failed poll queues it.
+async fn delete_as_owner(pg: &TestPostgres, b: &Binding) {
+    use tandem::store::BindingStore;
+    let mut store = tandem::store::postgres::PgStore::connect(&pg.url(), b.owner.clone())
+        .await
+        .unwrap();
+    store
+        .apply(&[tandem::store::StoreOp::Delete {
+            aor: b.aor.clone(),
+            key: b.key.clone(),
+            version: b.version,
+        }])
+        .await
+        .unwrap();
 }
 
 fn table(n: &TestNode) -> Vec<Binding> {
@@ -176,17 +196,8 @@ async fn a_binding_that_expires_at_its_owner_is_deleted_everywhere() {
         .purge_expired(u64::MAX);
     assert_eq!(purged.len(), 1);
     // B's own expiry check sees nothing expired; the deletion must come from A
-    // through the database. Queue A's delete the way the expiry task does.
-    let writer_ops = vec![tandem::store::StoreOp::Delete {
-        aor: purged[0].aor.clone(),
-        key: purged[0].key.clone(),
-        version: purged[0].version,
-    }];
-    let mut store = tandem::store::postgres::PgStore::connect(&pg.url(), purged[0].owner.clone())
-        .await
-        .unwrap();
-    use tandem::store::BindingStore;
-    store.apply(&writer_ops).await.unwrap();
+    // through the database.
+    delete_as_owner(&pg, &purged[0]).await;
     eventually("carol is gone at b", || table(&b).is_empty()).await;
 }
 
@@ -291,18 +302,7 @@ async fn the_seed_race_latest_registration_wins_everywhere() {
     }
     // A's deletion of the binding it had (its expiry, or a failed poll) arrives
     // late: it names the old version, so C's newer registration stays
-    let mut store = tandem::store::postgres::PgStore::connect(&pg.url(), old.owner.clone())
-        .await
-        .unwrap();
-    use tandem::store::BindingStore;
-    store
-        .apply(&[tandem::store::StoreOp::Delete {
-            aor: old.aor.clone(),
-            key: old.key.clone(),
-            version: old.version,
-        }])
-        .await
-        .unwrap();
+    delete_as_owner(&pg, &old).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for n in [&a, &b, &c] {
         assert_eq!(owners(n), vec![pair("1000", "c")]);
@@ -499,12 +499,7 @@ async fn a_phone_that_stops_answering_polls_is_deleted_everywhere() {
     cfg.registrar.poll_interval_secs = 1;
     cfg.registrar.poll_timeout_ms = 300;
     cfg.registrar.poll_max_misses = 2;
-    let dir = tempfile::tempdir().unwrap();
-    let a = TestNode {
-        node: Some(start(cfg.clone()).await.expect("A starts")),
-        dir,
-        cfg,
-    };
+    let a = start_node(cfg).await;
     let b = cluster_node(&pg, "b", "127.0.0.3").await;
     let alive = register_at(&a, "alive", 3600, "").await;
     let silent = register_at(&a, "silent", 3600, "").await;
@@ -539,12 +534,7 @@ async fn a_tcp_phone_whose_connection_closes_is_deleted_everywhere() {
     let pg = TestPostgres::start().await;
     let mut cfg = cluster_config("a", "127.0.0.2", &pg.url());
     cfg.registrar.unregister_on_flow_close = true;
-    let dir = tempfile::tempdir().unwrap();
-    let a = TestNode {
-        node: Some(start(cfg.clone()).await.expect("A starts")),
-        dir,
-        cfg,
-    };
+    let a = start_node(cfg).await;
     let b = cluster_node(&pg, "b", "127.0.0.3").await;
     let mut phone = TcpClient::connect(a.tcp()).await;
     let contact = "Contact: <sip:tcpbob@127.0.0.1:9;transport=tcp>\r\n";
@@ -569,11 +559,7 @@ async fn a_phone_unregistering_at_another_node_is_gone_at_its_owner_and_tombston
     for (id, ip) in [("a", "127.0.0.2"), ("b", "127.0.0.3")] {
         let mut cfg = cluster_config(id, ip, &pg.url());
         cfg.cluster.tombstone_prune_secs = 1;
-        nodes.push(TestNode {
-            node: Some(start(cfg.clone()).await.expect("node starts")),
-            dir: tempfile::tempdir().unwrap(),
-            cfg,
-        });
+        nodes.push(start_node(cfg).await);
     }
     let (a, b) = (&nodes[0], &nodes[1]);
     let inst = ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000beef>\"";

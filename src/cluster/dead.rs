@@ -25,10 +25,6 @@ impl DeadPeers {
         }
         newly
     }
-
-    pub fn is_dead(&self, node: &NodeId) -> bool {
-        self.dead.contains(node)
-    }
 }
 
 #[cfg(test)]
@@ -51,12 +47,11 @@ mod tests {
             d.observe(&[peer("a", true), peer("b", false)]),
             vec![NodeId("a".into())]
         );
-        assert!(d.is_dead(&NodeId("a".into())));
         // still stale: not reported again
         assert!(d.observe(&[peer("a", true)]).is_empty());
         // restarted
         assert!(d.observe(&[peer("a", false)]).is_empty());
-        assert!(!d.is_dead(&NodeId("a".into())));
+        // and when it dies again, it is reported again
         assert_eq!(d.observe(&[peer("a", true)]), vec![NodeId("a".into())]);
     }
 }

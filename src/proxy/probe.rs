@@ -179,25 +179,15 @@ impl GatewayProber {
 mod tests {
     use super::*;
 
+    /// The gateway's 200, built the way Tandem builds its own (§8.2.6).
     fn ok_for(req: &Bytes) -> (Response, Bytes) {
-        let text = String::from_utf8_lossy(req);
-        let mut out = String::from("SIP/2.0 200 OK\r\n");
-        for l in text.split("\r\n").skip(1) {
-            if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-            {
-                out.push_str(l);
-                out.push_str("\r\n");
-            }
-        }
-        out.push_str("Content-Length: 0\r\n\r\n");
-        let bytes = Bytes::from(out);
-        let crate::sip::message::Message::Response(r) = crate::sip::message::parse(&bytes).unwrap()
+        let crate::sip::message::Message::Request(r) = crate::sip::message::parse(req).unwrap()
         else {
-            panic!()
+            panic!("a probe is a request")
         };
-        (r, bytes)
+        let resp = crate::sip::message::build::response_to(&r, 200, Some("gw"));
+        let bytes = resp.to_bytes();
+        (resp, bytes)
     }
 
     #[test]

@@ -223,22 +223,13 @@ mod tests {
         }
     }
 
+    /// The phone's answer, built the way Tandem builds its own (§8.2.6).
     fn answer(req: &Bytes, status: u16) -> Response {
-        let text = String::from_utf8_lossy(req);
-        let mut out = format!("SIP/2.0 {status} X\r\n");
-        for l in text.split("\r\n").skip(1) {
-            if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
-                .iter()
-                .any(|h| l.starts_with(h))
-            {
-                out.push_str(l);
-                out.push_str("\r\n");
+        match crate::sip::message::parse(req).unwrap() {
+            crate::sip::message::Message::Request(r) => {
+                crate::sip::message::build::response_to(&r, status, Some("phone"))
             }
-        }
-        out.push_str("Content-Length: 0\r\n\r\n");
-        match crate::sip::message::parse(out.as_bytes()).unwrap() {
-            crate::sip::message::Message::Response(r) => r,
-            _ => panic!("not a response"),
+            _ => panic!("a poll is a request"),
         }
     }
 
