@@ -1,4 +1,4 @@
-//! RFC 4475 torture messages (/work/shared/conformance/rfc4475, see INDEX.md there)
+//! RFC 4475 torture messages (tests/conformance/rfc4475, see INDEX.md and SOURCE.md there)
 //! sent byte-exact to a running Tandem over UDP.
 //!
 //! Where replies go: most of these messages carry a Via host that is not the sender
@@ -96,7 +96,7 @@ const TABLE: &[(&str, Expect)] = &[
 ];
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from("/work/shared/conformance/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/rfc4475")
 }
 
 fn load(name: &str) -> Vec<u8> {

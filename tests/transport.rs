@@ -280,7 +280,7 @@ async fn tcp_framing_errors_answer_400_and_close() {
         assert!(c.closed_within(WAIT).await, "{what}: connection left open");
     }
     for name in ["ncl.dat", "mcl01.dat"] {
-        let data = std::fs::read(format!("/work/shared/conformance/rfc4475/{name}")).unwrap();
+        let data = std::fs::read(corpus_dir().join(name)).unwrap();
         let mut c = TcpClient::connect(n.tcp()).await;
         c.send(&data).await;
         assert!(c.closed_within(WAIT).await, "{name}: connection left open");
@@ -314,7 +314,7 @@ async fn tcp_slow_and_idle_peers_are_cut_off() {
     }
     assert!(cut, "a never-ending header was not cut off");
     // clerr: the body never arrives
-    let clerr = std::fs::read("/work/shared/conformance/rfc4475/clerr.dat").unwrap();
+    let clerr = std::fs::read(corpus_dir().join("clerr.dat")).unwrap();
     let mut c = TcpClient::connect(n.tcp()).await;
     c.send(&clerr).await;
     assert!(c.closed_within(WAIT).await, "clerr: left open");
@@ -586,9 +586,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The RFC 4475 corpus, copied into the repository (provenance in its SOURCE.md).
+fn corpus_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/rfc4475")
+}
+
 fn corpus() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/work/shared/conformance/rfc4475").unwrap() {
+    for e in std::fs::read_dir(corpus_dir()).unwrap() {
         let p = e.unwrap().path();
         if p.extension().map(|x| x == "dat").unwrap_or(false) {
             out.push(std::fs::read(p).unwrap());

@@ -627,7 +627,7 @@ enum Expect {
     Either,
 }
 
-/// Expected parser verdict per file, from shared/conformance/rfc4475/INDEX.md:
+/// Expected parser verdict per file, from tests/conformance/rfc4475/INDEX.md:
 /// VALID / VALID (parse) -> Accept; INVALID -> Reject, except the 10 files the
 /// RFC lets a liberal element accept -> Either; test.dat (malformed, not
 /// classified by the RFC) -> Reject.
@@ -989,7 +989,7 @@ fn main() {
     let cmd = args.get(1).map(String::as_str).unwrap_or("all");
     let verbose = std::env::var("VERBOSE").is_ok();
     // shared/ sits beside the main checkout: <main>/docs/parser-eval -> <main>/../shared
-    let default_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/conformance/rfc4475").to_string();
+    let default_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/conformance/rfc4475").to_string();
     // quiet the default panic message; guarded() reports panics itself
     std::panic::set_hook(Box::new(|_| {}));
     match cmd {
