@@ -3,6 +3,7 @@
 //! Unknown keys are errors (`deny_unknown_fields`) so a typo never silently falls
 //! back to a default. Durations are integers whose unit is in the key name.
 
+pub use crate::routing::{GatewayConfig, RouteConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,22 +19,31 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[node]`: this node's identity.
     #[serde(default)]
     pub node: NodeConfig,
+    /// `[sip]`: listeners, served domains, limits and RFC 3261 timers.
     #[serde(default)]
     pub sip: SipConfig,
+    /// `[registrar]`: authentication, expiry bounds, polls.
     #[serde(default)]
     pub registrar: RegistrarConfig,
+    /// `[store]`: where bindings are made durable.
     #[serde(default)]
     pub store: StoreConfig,
+    /// `[cluster]`: membership and replication (PostgreSQL store only).
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `[admin]`: the HTTP listener (`/health`, `/metrics`, `/calls`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[calls]`: the call-state table, CDRs, call authentication, Timer C, gateway probes.
     #[serde(default)]
     pub calls: CallsConfig,
+    /// `[log]`: the tracing filter.
     #[serde(default)]
     pub log: LogConfig,
+    /// Accounts (`[[users]]`).
     #[serde(default)]
     pub users: Vec<UserConfig>,
     /// Route patterns of the dial plan (`[[routes]]`), see `docs/dial-plan.md`.
@@ -50,6 +60,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    /// This node's identity: owner of every binding it registers.
     pub id: String,
 }
 
@@ -64,17 +75,27 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipConfig {
+    /// UDP listeners (IPv4 or IPv6); empty: no UDP.
     pub udp: Vec<SocketAddr>,
+    /// TCP listeners; empty: no TCP.
     pub tcp: Vec<SocketAddr>,
     /// Domains this node is responsible for; empty accepts any.
     pub domains: Vec<String>,
+    /// Largest SIP message accepted, in bytes (larger: 513 on UDP, connection closed on TCP).
     pub max_message_size: usize,
+    /// Simultaneous TCP connections; beyond this, new ones are refused.
     pub tcp_max_connections: usize,
+    /// A TCP message, once started, must be complete within this time or the connection is closed.
     pub tcp_message_timeout_ms: u64,
+    /// A TCP connection with no traffic for this long is closed.
     pub tcp_idle_timeout_secs: u64,
+    /// Upper bound of live server transactions; when full, new requests get 503.
     pub max_transactions: usize,
+    /// RFC 3261 §17 T1: the round-trip estimate.
     pub t1_ms: u64,
+    /// RFC 3261 §17 T2: the longest retransmission interval.
     pub t2_ms: u64,
+    /// RFC 3261 §17 T4: the longest a message stays in the network.
     pub t4_ms: u64,
 }
 
@@ -107,19 +128,30 @@ pub enum DigestAlgorithm {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrarConfig {
+    /// Challenge REGISTERs with digest authentication (RFC 3261 §22, RFC 8760).
     pub authenticate: bool,
+    /// The authentication realm.
     pub realm: String,
+    /// Digest algorithms offered, one challenge each, in this order.
     pub algorithms: Vec<DigestAlgorithm>,
+    /// A nonce older than this is stale: the phone is re-challenged with `stale=true`.
     pub nonce_ttl_secs: u64,
+    /// Shortest registration accepted (shorter: 423 with Min-Expires).
     pub min_expires_secs: u32,
+    /// Longest registration granted (longer requests are shortened).
     pub max_expires_secs: u32,
+    /// Expiry when the REGISTER gives none.
     pub default_expires_secs: u32,
+    /// Bindings per address-of-record; more gets 403 unless it replaces one.
     pub max_contacts_per_aor: usize,
     /// Poll this node's UDP bindings with OPTIONS (seed 000 FIG. 4B); a phone
     /// that misses `poll_max_misses` polls in a row is unregistered.
     pub poll_contacts: bool,
+    /// How often each polled phone gets an OPTIONS.
     pub poll_interval_secs: u64,
+    /// A poll unanswered for this long is a miss.
     pub poll_timeout_ms: u64,
+    /// Misses in a row after which the phone is unregistered.
     pub poll_max_misses: u32,
     /// A binding registered over TCP is removed when its connection closes (the
     /// phone stopped its CRLF keep-alives and the idle timeout closed it, or it
@@ -159,8 +191,11 @@ pub enum StoreBackend {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sqlite` (embedded, default), `memory` (nothing survives a restart) or `postgres` (a cluster).
     pub backend: StoreBackend,
+    /// The SQLite file, relative to the config file's directory.
     pub path: PathBuf,
+    /// Most binding changes committed in one transaction (group commit).
     pub batch_max: usize,
     /// `postgres://user@host:port/db` when `backend = "postgres"`.
     pub url: Option<String>,
@@ -211,7 +246,9 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Serve the admin listener.
     pub enabled: bool,
+    /// Its address.
     pub listen: SocketAddr,
 }
 
@@ -242,6 +279,14 @@ pub struct CallsConfig {
     pub authenticate: bool,
     /// Source IP addresses whose requests are forwarded without authentication.
     pub trusted: Vec<std::net::IpAddr>,
+    /// Timer C (RFC 3261 §16.6 step 11): a proxied INVITE with no final answer
+    /// after this long is cancelled (the RFC asks for more than 3 minutes).
+    pub timer_c_secs: u64,
+    /// How often each gateway (`probe = true`) is sent an OPTIONS probe.
+    pub gateway_probe_interval_ms: u64,
+    /// A gateway silent for this long after a probe is down (skipped by routing)
+    /// until it answers again.
+    pub gateway_probe_timeout_ms: u64,
 }
 
 impl Default for CallsConfig {
@@ -252,6 +297,9 @@ impl Default for CallsConfig {
             max_calls: 100_000,
             authenticate: true,
             trusted: Vec::new(),
+            timer_c_secs: 181,
+            gateway_probe_interval_ms: 10_000,
+            gateway_probe_timeout_ms: 5_000,
         }
     }
 }
@@ -259,6 +307,7 @@ impl Default for CallsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `tandem=debug,sqlx=warn`.
     pub level: String,
 }
 
@@ -273,45 +322,10 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
+    /// The account's user name (the user part of its AOR).
     pub username: String,
+    /// Its digest password.
     pub password: String,
-}
-
-/// A gateway (`[[gateways]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
-    /// A name for logs, metrics and the call-state table.
-    pub name: String,
-    /// Where requests for this gateway are sent (IP address and port; UDP).
-    pub address: SocketAddr,
-    /// The gateway group route patterns name.
-    pub group: String,
-    /// Order within the group: lower is tried first; 503 or a timeout tries the next.
-    #[serde(default)]
-    pub order: u32,
-    /// Probe with OPTIONS and skip the gateway while it does not answer. Turn off
-    /// for a peer that does not answer OPTIONS (it would be skipped for good).
-    #[serde(default = "yes")]
-    pub probe: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// One route pattern of the dial plan (`docs/dial-plan.md`): dialed numbers that
-/// match `pattern` go to `gateway_group`, translated (part before `.` stripped, then
-/// `strip` more leading digits, then `prefix` prepended).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub pattern: String,
-    pub gateway_group: String,
-    #[serde(default)]
-    pub strip: u32,
-    #[serde(default)]
-    pub prefix: String,
 }
 
 impl Config {
@@ -397,6 +411,22 @@ impl Config {
         }
         if self.sip.max_transactions == 0 {
             return Err(err("sip.max_transactions", "must be > 0".into()));
+        }
+        let calls = &self.calls;
+        for (key, v) in [
+            ("calls.timer_c_secs", calls.timer_c_secs),
+            (
+                "calls.gateway_probe_interval_ms",
+                calls.gateway_probe_interval_ms,
+            ),
+            (
+                "calls.gateway_probe_timeout_ms",
+                calls.gateway_probe_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be > 0".into()));
+            }
         }
         let r = &self.registrar;
         if r.poll_contacts && (r.poll_interval_secs == 0 || r.poll_timeout_ms == 0) {
@@ -655,5 +685,134 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "routes[0].gateway_group");
+    }
+
+    /// `pub field:` names of each struct in a source file, with whether a `///`
+    /// comment precedes the field (attributes in between allowed).
+    fn fields(src: &str) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        let mut current = None;
+        let lines: Vec<&str> = src.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                current = rest.split([' ', '{']).next().map(str::to_string);
+            } else if line.starts_with('}') {
+                current = None;
+            } else if let (Some(st), Some(rest)) = (&current, line.strip_prefix("    pub ")) {
+                let name = rest.split(':').next().unwrap().to_string();
+                let documented = lines[..i]
+                    .iter()
+                    .rev()
+                    .find(|l| !l.trim_start().starts_with("#["))
+                    .is_some_and(|l| l.trim_start().starts_with("///"));
+                out.push((st.clone(), name, documented));
+            }
+        }
+        out
+    }
+
+    const SOURCES: [(&str, &str); 2] = [
+        ("src/config.rs", include_str!("config.rs")),
+        ("src/routing/config.rs", include_str!("routing/config.rs")),
+    ];
+
+    #[test]
+    fn every_config_field_is_documented() {
+        let mut seen = 0;
+        for (file, src) in SOURCES {
+            for (st, name, documented) in fields(src) {
+                if st == "ConfigError" {
+                    continue;
+                }
+                seen += 1;
+                assert!(documented, "{file}: {st}.{name} has no /// comment");
+            }
+        }
+        assert!(seen > 40, "the field scan found only {seen} fields");
+    }
+
+    #[test]
+    fn the_default_config_file_shows_every_key_with_its_default() {
+        let text = include_str!("../config/tandem.toml");
+        let file = Config::from_toml(text, "config/tandem.toml").unwrap();
+        let default = Config::from_toml("", "empty").unwrap();
+        // every section's values in the file are the defaults
+        let pairs: [(&str, String, String); 8] = [
+            (
+                "node",
+                format!("{:?}", file.node),
+                format!("{:?}", default.node),
+            ),
+            (
+                "sip",
+                format!("{:?}", file.sip),
+                format!("{:?}", default.sip),
+            ),
+            (
+                "registrar",
+                format!("{:?}", file.registrar),
+                format!("{:?}", default.registrar),
+            ),
+            (
+                "store",
+                format!("{:?}", file.store),
+                format!("{:?}", default.store),
+            ),
+            (
+                "cluster",
+                format!("{:?}", file.cluster),
+                format!("{:?}", default.cluster),
+            ),
+            (
+                "admin",
+                format!("{:?}", file.admin),
+                format!("{:?}", default.admin),
+            ),
+            (
+                "calls",
+                format!("{:?}", file.calls),
+                format!("{:?}", default.calls),
+            ),
+            (
+                "log",
+                format!("{:?}", file.log),
+                format!("{:?}", default.log),
+            ),
+        ];
+        for (section, in_file, dflt) in pairs {
+            assert_eq!(
+                in_file, dflt,
+                "config/tandem.toml [{section}] differs from the defaults"
+            );
+        }
+        // and every key of those sections is shown, set or commented out
+        let sections = [
+            ("NodeConfig", "node"),
+            ("SipConfig", "sip"),
+            ("RegistrarConfig", "registrar"),
+            ("StoreConfig", "store"),
+            ("ClusterConfig", "cluster"),
+            ("AdminConfig", "admin"),
+            ("CallsConfig", "calls"),
+            ("LogConfig", "log"),
+        ];
+        for (st, name, _) in fields(include_str!("config.rs")) {
+            let Some((_, section)) = sections.iter().find(|(s, _)| *s == st) else {
+                continue;
+            };
+            let body = text
+                .split(&format!("[{section}]\n"))
+                .nth(1)
+                .and_then(|b| b.split("\n[").next())
+                .unwrap_or_else(|| panic!("no [{section}] in config/tandem.toml"));
+            let shown = body.lines().any(|l| {
+                let l = l.trim_start_matches("# ");
+                l.starts_with(&format!("{name} ="))
+            });
+            assert!(
+                shown,
+                "config/tandem.toml [{section}] does not show `{name}`"
+            );
+        }
     }
 }

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             };
             rt.block_on(async move {
                 tandem::admin::prometheus();
-                let node = match tandem::node::run::start(cfg).await {
+                let node = match tandem::app::start(cfg).await {
                     Ok(n) => n,
                     Err(e) => {
                         eprintln!("error: {e}");

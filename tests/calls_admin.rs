@@ -89,7 +89,7 @@ async fn finished_calls_are_written_to_the_cdr_file() {
         ),
     );
     assert_eq!(cfg.cdr_path().as_deref(), Some(cdr.as_path()));
-    let node = tandem::node::run::start(cfg).await.expect("node starts");
+    let node = tandem::app::start(cfg).await.expect("node starts");
     let key = CallKey {
         call_id: "cdr-test".into(),
         from_tag: "ft".into(),

@@ -5,9 +5,9 @@ mod common;
 use common::pg::TestPostgres;
 use common::*;
 use std::time::Duration;
+use tandem::app::start;
 use tandem::config::Config;
 use tandem::location::Binding;
-use tandem::node::run::start;
 
 /// Long enough for a change to cross the cluster on a loaded CI machine.
 const SPREAD: Duration = Duration::from_secs(10);
@@ -630,7 +630,7 @@ async fn a_call_is_retried_where_the_phone_is_now_after_its_stale_owner_says_no(
         cseq: 1,
         expires_at: tandem::location::now_ms() + 3_600_000,
         path: vec![],
-        source: "udp:127.0.0.1:9".into(),
+        source: "udp:127.0.0.1:9".parse().unwrap(),
         user_agent: None,
         owner: tandem::location::NodeId("x".into()),
         version: 1,

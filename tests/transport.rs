@@ -390,7 +390,7 @@ async fn ipv6_udp_and_tcp() {
     let mut cfg = config(dir.path(), "authenticate = false", "");
     cfg.sip.udp = vec!["[::1]:0".parse().unwrap()];
     cfg.sip.tcp = vec!["[::1]:0".parse().unwrap()];
-    let node = tandem::node::run::start(cfg.clone())
+    let node = tandem::app::start(cfg.clone())
         .await
         .expect("node on [::1]");
     let n = TestNode {

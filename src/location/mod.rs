@@ -2,6 +2,7 @@
 //! record, in memory. Lookups never touch the store; the store only makes the table
 //! durable (and, in the cluster issues, replicated). Knows nothing of SIP transports.
 
+pub use crate::sip::transport::Flow;
 use parking_lot::RwLock;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -60,8 +61,10 @@ pub struct Binding {
     pub expires_at: UnixMs,
     /// Path header values (RFC 3327), in order.
     pub path: Vec<String>,
-    /// Where the REGISTER came from (`udp:1.2.3.4:5060`), for NAT'd delivery later.
-    pub source: String,
+    /// Where the REGISTER came from, for NAT'd delivery later: UDP to that
+    /// address, or TCP over that connection (a plain value type of `sip::transport`,
+    /// the only thing this module takes from the transports).
+    pub source: Flow,
     pub user_agent: Option<String>,
     pub owner: NodeId,
     /// When this registration was made, in microseconds of a clock that never
@@ -310,7 +313,7 @@ mod tests {
             cseq: 1,
             expires_at: exp,
             path: vec![],
-            source: "udp:127.0.0.1:5070".into(),
+            source: "udp:127.0.0.1:5070".parse().unwrap(),
             user_agent: None,
             owner: NodeId("n".into()),
             version: 1,

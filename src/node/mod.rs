@@ -2,12 +2,10 @@
 //! them through validation and the transaction layer, and hands new requests to the
 //! registrar or answers them itself (RFC 3261 §8.2, §16.3, §17.2.3, §18.2).
 
-pub mod run;
 mod uas;
 
 use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::cluster::Cluster;
-use crate::config::GatewayConfig;
 use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
@@ -15,23 +13,22 @@ use crate::proxy::probe::GatewayProber;
 use crate::proxy::stateful::{Action, Hop, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::poll::{ContactPoller, PollTarget};
 use crate::registrar::{Outcome, Registrar};
-use crate::routing::{Destination, DialPlan};
-use crate::sip::message::build::{
-    new_tag, raw_top_via, response_to, stateless_error, udp_response_dest,
-};
+use crate::routing::targets::{self, Me, Reach, Resolved, Routes};
+use crate::sip::authenticator::Role;
+use crate::sip::message::build::{new_tag, raw_top_via, response_to, stateless_error};
 use crate::sip::message::validate::{validate_request, Rejection};
 use crate::sip::message::{parse, HeaderName, Message, Method, Request, Response, Via};
 use crate::sip::transaction::key::TxKey;
 use crate::sip::transaction::table::{RequestOutcome, ServerTransactions, TimerOutput};
 use crate::sip::transaction::{Reliability, TimerConfig, TransactionKind};
 use crate::sip::transport::flows::Flows;
+use crate::sip::transport::via::stamp_via;
 use crate::sip::transport::{Handler, Protocol, Replier, Source};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, instrument};
 
@@ -44,10 +41,11 @@ pub struct Node {
     invite_targets: Mutex<ReplyTargets>,
     calls: Arc<Mutex<CallTable>>,
     proxy: Mutex<Proxy>,
-    /// The UDP socket requests are forwarded from (the first UDP listener).
-    outbound: OnceLock<Arc<tokio::net::UdpSocket>>,
+    /// The UDP socket requests are forwarded from (the first UDP listener); none
+    /// when the node listens on TCP only (then nothing is forwarded).
+    outbound: Option<Arc<tokio::net::UdpSocket>>,
     /// Digit analysis: the dial plan and the gateways of each group, in order.
-    routing: OnceLock<Routing>,
+    routing: Routing,
     /// OPTIONS probes of the gateways; a silent gateway is skipped.
     prober: Mutex<Option<GatewayProber>>,
     /// Held while the proxy's actions are taken and carried out, so two receive
@@ -57,19 +55,40 @@ pub struct Node {
     /// the connection they registered on.
     flows: Arc<Flows>,
     /// Set when the node is part of a PostgreSQL cluster.
-    cluster: OnceLock<Arc<Cluster>>,
+    cluster: Option<Arc<Cluster>>,
     /// OPTIONS polls of this node's phones (`registrar.poll_contacts`).
     poller: Mutex<Option<ContactPoller>>,
 }
 
-/// The dial plan and where its gateway groups lead.
+/// Everything a node is built from (see `crate::app::start`, which binds the
+/// sockets and joins the cluster first, so nothing is filled in later).
+pub struct NodeParts {
+    pub registrar: Registrar,
+    pub admission: Box<dyn Admission>,
+    pub timers: TimerConfig,
+    pub max_transactions: usize,
+    pub max_calls: usize,
+    /// Timer C of proxied INVITEs (RFC 3261 §16.6 step 11).
+    pub timer_c: Duration,
+    /// The socket requests are forwarded from and its address (Via, Record-Route).
+    pub outbound: Option<(Arc<tokio::net::UdpSocket>, SocketAddr)>,
+    pub routing: Routing,
+    /// The transports' registry of open TCP connections.
+    pub flows: Arc<Flows>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub poller: Option<ContactPoller>,
+}
+
+/// The dial plan and where its gateway groups lead, and who may call unchallenged.
 pub struct Routing {
-    pub dial_plan: DialPlan,
-    pub gateways: Vec<GatewayConfig>,
+    pub routes: Routes,
     /// Challenge requests to forward with 407 unless they come from a gateway or
     /// a trusted address.
     pub authenticate_calls: bool,
     pub trusted: Vec<std::net::IpAddr>,
+    /// Gateway OPTIONS probes: how often, and how long silent means down.
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
 }
 
 /// The transports' handler: a cheap clone of the node.
@@ -103,48 +122,6 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// RFC 3261 §18.2.1 and RFC 3581 §4: record where the request really came from in
-/// its top Via, so the response goes back there (§18.2.2).
-fn stamp_via(req: &mut Request, peer: SocketAddr) -> Option<Via> {
-    let h = req.headers.first_mut(&HeaderName::Via)?;
-    let mut vias = Via::parse_all(&h.value)?;
-    let top = vias.first_mut()?;
-    let ip = peer.ip().to_string();
-    let rport = top.params.iter().position(|(n, _)| n == "rport");
-    let mut changed = false;
-    if let Some(i) = rport {
-        top.params[i].1 = Some(peer.port().to_string());
-        changed = true;
-    }
-    let host_is_peer = top.host_ip() == Some(peer.ip());
-    if !host_is_peer || rport.is_some() {
-        top.params.retain(|(n, _)| n != "received");
-        top.params.push(("received".into(), Some(ip)));
-        changed = true;
-    }
-    if changed {
-        let mut v = format!("SIP/2.0/{} {}", top.transport, top.sent_by());
-        for (n, val) in &top.params {
-            v.push(';');
-            v.push_str(n);
-            if let Some(val) = val {
-                v.push('=');
-                v.push_str(val);
-            }
-        }
-        // keep the other values of this header field as they were
-        let rest = crate::sip::message::scan::split_commas(&h.value)
-            .map(|parts| parts[1..].join(", "))
-            .unwrap_or_default();
-        if !rest.is_empty() {
-            v.push_str(", ");
-            v.push_str(&rest);
-        }
-        h.value = v;
-    }
-    Some(vias.swap_remove(0))
-}
-
 /// Where a request came from, for the proxy (the caller's side of a dialog).
 fn inbound(src: &Source) -> Hop {
     Hop {
@@ -153,48 +130,63 @@ fn inbound(src: &Source) -> Hop {
     }
 }
 
-/// RFC 3261 §18.2.2 with RFC 3581: the source address, and the source port when
-/// `rport` was asked for, else the Via port. Never anywhere but the source host.
+/// RFC 3261 §18.2.2: where the answer to a request from `src` goes.
 fn response_dest(via: Option<&Via>, src: &Source) -> SocketAddr {
-    if src.protocol.is_reliable() {
-        return src.peer;
-    }
-    udp_response_dest(via, src.peer)
+    crate::sip::transport::via::response_dest(via, src.protocol, src.peer)
 }
 
 impl Node {
-    pub fn new(
-        registrar: Registrar,
-        admission: Box<dyn Admission>,
-        timers: TimerConfig,
-        max_transactions: usize,
-        max_calls: usize,
-    ) -> Node {
+    pub fn new(parts: NodeParts) -> Node {
+        let local = parts
+            .outbound
+            .as_ref()
+            .map(|(_, a)| *a)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let routing = parts.routing;
+        // gateways with `probe = false` are never probed, so always up
+        let probed: Vec<(String, SocketAddr)> = routing
+            .routes
+            .gateways
+            .iter()
+            .filter(|g| g.probe)
+            .map(|g| (g.name.clone(), g.address))
+            .collect();
+        let prober = (!probed.is_empty()).then(|| {
+            GatewayProber::new(
+                Instant::now(),
+                &probed,
+                local,
+                routing.probe_interval,
+                routing.probe_timeout,
+                parts.timers,
+            )
+        });
+        let poller = parts.poller.map(|mut p| {
+            p.set_local(local);
+            p
+        });
         Node {
-            registrar,
-            admission,
-            transactions: Mutex::new(ServerTransactions::new(timers, max_transactions)),
+            registrar: parts.registrar,
+            admission: parts.admission,
+            transactions: Mutex::new(ServerTransactions::new(
+                parts.timers,
+                parts.max_transactions,
+            )),
             invite_targets: Mutex::new(ReplyTargets::default()),
-            calls: Arc::new(Mutex::new(CallTable::new(max_calls))),
+            calls: Arc::new(Mutex::new(CallTable::new(parts.max_calls))),
             proxy: Mutex::new(Proxy::new(ProxyConfig {
-                local: SocketAddr::from(([127, 0, 0, 1], 5060)),
-                timers,
-                timer_c: Duration::from_secs(180),
+                local,
+                timers: parts.timers,
+                timer_c: parts.timer_c,
             })),
-            outbound: OnceLock::new(),
-            routing: OnceLock::new(),
-            prober: Mutex::new(None),
+            outbound: parts.outbound.map(|(sock, _)| sock),
+            routing,
+            prober: Mutex::new(prober),
             proxy_out: Mutex::new(()),
-            flows: Arc::new(Flows::default()),
-            cluster: OnceLock::new(),
-            poller: Mutex::new(None),
+            flows: parts.flows,
+            cluster: parts.cluster,
+            poller: Mutex::new(poller),
         }
-    }
-
-    /// Turns polling of registered phones on (seed 000 FIG. 4B).
-    pub fn set_poller(&self, mut poller: ContactPoller) {
-        poller.set_local(self.proxy.lock().local());
-        *self.poller.lock() = Some(poller);
     }
 
     /// The bindings to poll and the TCP bindings whose connection closed, from
@@ -209,21 +201,16 @@ impl Node {
             if b.owner != me {
                 continue;
             }
-            let Some((transport, addr)) = b.source.split_once(':') else {
-                continue;
-            };
-            let Ok(dest) = addr.parse::<SocketAddr>() else {
-                continue;
-            };
-            match transport {
-                "udp" if polling => targets.push(PollTarget {
+            let dest = b.source.addr;
+            match b.source.protocol {
+                Protocol::Udp if polling => targets.push(PollTarget {
                     aor: b.aor,
                     key: b.key,
                     version: b.version,
                     contact: b.contact,
                     dest,
                 }),
-                "tcp" if flow_close && !self.flows.is_open(dest) => closed.push(b),
+                Protocol::Tcp if flow_close && !self.flows.is_open(dest) => closed.push(b),
                 _ => {}
             }
         }
@@ -240,17 +227,8 @@ impl Node {
         metrics::gauge!("tandem_bindings_active").set(self.registrar.location().len() as f64);
     }
 
-    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
-        let _ = self.cluster.set(cluster);
-    }
-
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    /// The TCP connections the transports list (given to `tcp::serve`).
-    pub fn flows(&self) -> &Arc<Flows> {
-        &self.flows
+        self.cluster.as_ref()
     }
 
     /// The call-state table (read by `GET /calls`, fed by the proxy).
@@ -258,40 +236,8 @@ impl Node {
         &self.calls
     }
 
-    /// Sets the socket and address requests are forwarded from (Via, Record-Route).
-    pub fn set_outbound(&self, sock: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
-        self.proxy.lock().set_local(local);
-        if let Some(p) = self.prober.lock().as_mut() {
-            p.set_local(local);
-        }
-        let _ = self.outbound.set(sock);
-    }
-
-    /// Sets the dial plan and gateways (once, at start).
-    pub fn set_routing(&self, routing: Routing) {
-        if !routing.gateways.is_empty() {
-            // gateways with `probe = false` are never probed, so always up
-            let gws: Vec<(String, SocketAddr)> = routing
-                .gateways
-                .iter()
-                .filter(|g| g.probe)
-                .map(|g| (g.name.clone(), g.address))
-                .collect();
-            *self.prober.lock() = Some(GatewayProber::new(
-                Instant::now(),
-                &gws,
-                self.proxy.lock().local(),
-                // probe every 10 s; silent for 5 s means down (docs in config/tandem.toml)
-                Duration::from_secs(10),
-                Duration::from_secs(5),
-                crate::sip::transaction::TimerConfig::default(),
-            ));
-        }
-        let _ = self.routing.set(routing);
-    }
-
     pub(crate) fn proxy_owns_route(&self, route: &str) -> bool {
-        self.outbound.get().is_some() && self.proxy.lock().is_own_route(route)
+        self.outbound.is_some() && self.proxy.lock().is_own_route(route)
     }
 
     /// Cancels a proxied INVITE; false if `invite` is not being proxied.
@@ -328,7 +274,7 @@ impl Node {
                     bytes,
                 } => match transport {
                     Protocol::Udp => {
-                        if let Some(sock) = self.outbound.get() {
+                        if let Some(sock) = &self.outbound {
                             Replier::Udp(sock.clone()).send(to, bytes);
                         }
                     }
@@ -422,7 +368,12 @@ impl Node {
                             metrics::counter!("tandem_cluster_stale_entries_removed_total")
                                 .increment(n as u64);
                         }
-                        retry = self.peer_targets(&location.lookup(&aor, now_ms()), &uri);
+                        retry = targets::peer_targets(
+                            &location.lookup(&aor, now_ms()),
+                            &uri,
+                            self.registrar.node_id(),
+                            &self.reach(),
+                        );
                     }
                     self.proxy
                         .lock()
@@ -432,31 +383,12 @@ impl Node {
         }
     }
 
-    /// Branches to the other nodes that own some of `bindings` (one per owner,
-    /// Request-URI `uri`); none outside a cluster.
-    fn peer_targets(&self, bindings: &[crate::location::Binding], uri: &str) -> Vec<Target> {
-        let Some(c) = self.cluster.get() else {
-            return Vec::new();
-        };
-        let me = self.registrar.node_id();
-        let mut seen = std::collections::HashSet::new();
-        let mut targets = Vec::new();
-        for owner in bindings.iter().map(|b| &b.owner).filter(|o| *o != me) {
-            if !seen.insert(owner) {
-                continue;
-            }
-            let Some(dest) = c.sip_addr_of(owner).and_then(|a| a.parse().ok()) else {
-                continue; // dead or unknown: its phones re-register elsewhere
-            };
-            targets.push(Target {
-                uri: uri.to_string(),
-                dest,
-                transport: Protocol::Udp,
-                gateway: None,
-                peer: Some(owner.0.to_string()),
-            });
+    /// The node's tables as target resolution sees them.
+    fn reach(&self) -> NodeReach<'_> {
+        NodeReach {
+            node: self,
+            now: now_ms(),
         }
-        targets
     }
 
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
@@ -465,107 +397,45 @@ impl Node {
         // trusted addresses are not challenged.
         // A request from another node of the cluster is for a phone registered
         // here (seed 000): its caller was authenticated where it came in.
-        let from_peer = self.cluster.get().and_then(|c| c.peer_at(src.peer));
-        if let Some(r) = self.routing.get() {
-            let ip = src.peer.ip();
-            let trusted = from_peer.is_some()
-                || r.trusted.contains(&ip)
-                || r.gateways.iter().any(|g| g.address.ip() == ip);
-            if r.authenticate_calls && !trusted {
-                if let Err(resp) = self.registrar.authenticate_caller(&req, Instant::now()) {
-                    return self.respond(&key, &req, src, dest, resp);
-                }
+        let from_peer = self.cluster.as_ref().and_then(|c| c.peer_at(src.peer));
+        let r = &self.routing;
+        let ip = src.peer.ip();
+        let trusted = from_peer.is_some()
+            || r.trusted.contains(&ip)
+            || r.routes.gateways.iter().any(|g| g.address.ip() == ip);
+        if r.authenticate_calls && !trusted {
+            // RFC 3261 §22.3: the From user's credentials in Proxy-Authorization
+            let user = req
+                .from()
+                .and_then(|f| f.uri.user_unescaped())
+                .unwrap_or_default();
+            let checked =
+                self.registrar
+                    .authenticator()
+                    .check(&req, Role::Proxy, &user, Instant::now());
+            if let Err(denied) = checked {
+                return self.respond(&key, &req, src, dest, denied.into_response());
             }
         }
-        let now_wall = now_ms();
-        let location = self.registrar.location();
-        let user = req.uri.user_unescaped().unwrap_or_default();
-        let destination = match self.routing.get() {
-            Some(r) => r.dial_plan.resolve(&req.uri, |aor| {
-                self.registrar.is_user(&user) || !location.lookup(aor, now_wall).is_empty()
-            }),
-            None => Destination::Local {
-                aor: req.uri.aor_key(),
-            },
+        let me = Me {
+            node: self.registrar.node_id(),
+            clustered: self.cluster.as_ref().is_some(),
         };
-        let (plan, known) = match destination {
-            Destination::Local { aor } => {
-                let bindings = location.lookup(&aor, now_wall);
-                let me = self.registrar.node_id();
-                let cluster = self.cluster.get();
-                // Another node's phones are reached through that node, which
-                // delivers over the phone's own flow (seed 000's process id =
-                // owner node + binding): one branch per owner node. What a peer
-                // sent us goes to our own phones only (no loop back).
-                let mut targets: Vec<Target> = Vec::new();
-                if from_peer.is_none() {
-                    targets = self.peer_targets(&bindings, req.uri.as_str());
-                }
-                // Phones are reached where their REGISTER came from (NAT-friendly):
-                // over UDP to that address, over TCP on that connection while it
-                // is open (a closed flow is no way to the phone, RFC 5626 §5.3).
-                let local = bindings
-                    .iter()
-                    .filter(|b| cluster.is_none() || &b.owner == me)
-                    .filter_map(|b| {
-                        let (transport, addr) = b.source.split_once(':')?;
-                        let dest: SocketAddr = addr.parse().ok()?;
-                        let transport = match transport {
-                            "udp" => Protocol::Udp,
-                            "tcp" if self.flows.is_open(dest) => Protocol::Tcp,
-                            _ => return None,
-                        };
-                        Some(Target {
-                            uri: b.contact.clone(),
-                            dest,
-                            transport,
-                            gateway: None,
-                            peer: None,
-                        })
-                    });
-                targets.extend(local);
-                let known = !bindings.is_empty() || self.registrar.is_user(&user);
-                (Plan::Parallel(targets), known)
+        let plan = match targets::resolve(
+            &req.uri,
+            from_peer.is_some(),
+            &me,
+            &self.routing.routes,
+            &self.reach(),
+        ) {
+            Resolved::Plan(plan) if self.outbound.is_some() => plan,
+            // RFC 3261 §16.5: unknown → 404; a known user with no way to it → 480.
+            other => {
+                let status = other.status().unwrap_or(480);
+                let r = response_to(&req, status, Some(&new_tag()));
+                return self.respond(&key, &req, src, dest, r);
             }
-            Destination::Gateway(m) => {
-                let mut gws: Vec<&GatewayConfig> = self
-                    .routing
-                    .get()
-                    .map(|r| {
-                        r.gateways
-                            .iter()
-                            .filter(|g| g.group == m.gateway_group)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                gws.sort_by_key(|g| g.order);
-                // a gateway that stopped answering OPTIONS is skipped until it answers
-                if let Some(p) = self.prober.lock().as_ref() {
-                    gws.retain(|g| p.is_up(&g.name));
-                }
-                let targets = gws
-                    .into_iter()
-                    .map(|g| Target {
-                        uri: format!("sip:{}@{}", m.number, g.address),
-                        dest: g.address,
-                        transport: Protocol::Udp,
-                        gateway: Some(g.name.clone()),
-                        peer: None,
-                    })
-                    .collect();
-                (Plan::Serial(targets), true)
-            }
-            Destination::NotFound => (Plan::Parallel(Vec::new()), false),
         };
-        let empty = match &plan {
-            Plan::Parallel(t) | Plan::Serial(t) => t.is_empty(),
-        };
-        if empty || self.outbound.get().is_none() {
-            // RFC 3261 §16.5: unknown → 404; a known user with no binding → 480.
-            let status = if known { 480 } else { 404 };
-            let r = response_to(&req, status, Some(&new_tag()));
-            return self.respond(&key, &req, src, dest, r);
-        }
         if req.method == Method::Invite {
             let call = CallKey {
                 call_id: req.call_id().unwrap_or("").to_string(),
@@ -834,8 +704,17 @@ impl Node {
                 .lock()
                 .insert(key.clone(), (src.reply.clone(), dest));
         }
-        match uas::route(self, &req) {
+        match uas::route(&req, |r| self.proxy_owns_route(r)) {
             uas::Route::Respond(r) => self.respond(&key, &req, &src, dest, r),
+            uas::Route::Cancel { invite } => {
+                // §16.10: a CANCEL for an INVITE being proxied cancels its
+                // branches (their 487s make the INVITE's final answer); an INVITE
+                // answered here already has its final answer, so 200 suffices.
+                let known =
+                    self.proxy_cancel(&invite) || self.transactions.lock().contains(&invite);
+                let r = response_to(&req, if known { 200 } else { 481 }, Some(&new_tag()));
+                self.respond(&key, &req, &src, dest, r)
+            }
             uas::Route::Register => self.register(this, key, req, src, dest),
             uas::Route::Forward => self.forward(key, req, &src, dest),
             uas::Route::InDialog => self.forward_in_dialog(Some(key), req, &src, dest),
@@ -857,10 +736,9 @@ impl Node {
                 return self.respond(&key, &req, &src, dest, r);
             }
         }
-        let source = format!("{}:{}", src.protocol.as_str(), src.peer);
         match self
             .registrar
-            .handle(&req, &source, Instant::now(), now_ms())
+            .handle(&req, src.flow(), Instant::now(), now_ms())
         {
             Outcome::Respond(r) => self.respond(&key, &req, &src, dest, r),
             Outcome::AfterCommit(r, commit) => {
@@ -933,7 +811,7 @@ impl Node {
             }
             None => Vec::new(),
         };
-        if let Some(sock) = self.outbound.get() {
+        if let Some(sock) = &self.outbound {
             for (to, b) in probes.into_iter().chain(polls) {
                 Replier::Udp(sock.clone()).send(to, b);
             }
@@ -970,6 +848,51 @@ impl Node {
         // be worth checking: no scan of the whole map per tick.
         let t = self.transactions.lock();
         targets.expire(Instant::now(), |k| t.contains(k));
+    }
+}
+
+impl crate::admin::NodeStatus for Node {
+    fn bindings(&self) -> usize {
+        self.registrar.location().len()
+    }
+    fn transactions(&self) -> usize {
+        self.active_transactions()
+    }
+    fn calls(&self) -> Vec<crate::proxy::calls::Call> {
+        // copied under the lock; the admin listener serialises after releasing it
+        self.calls.lock().snapshot()
+    }
+}
+
+/// The node's tables as [`targets::resolve`] reads them, at one instant.
+struct NodeReach<'a> {
+    node: &'a Node,
+    now: crate::location::UnixMs,
+}
+
+impl Reach for NodeReach<'_> {
+    fn is_user(&self, user: &str) -> bool {
+        self.node.registrar.is_user(user)
+    }
+    fn bindings(&self, aor: &str) -> Vec<crate::location::Binding> {
+        self.node.registrar.location().lookup(aor, self.now)
+    }
+    fn peer_addr(&self, node: &crate::location::NodeId) -> Option<SocketAddr> {
+        self.node
+            .cluster
+            .as_ref()
+            .and_then(|c| c.sip_addr_of(node))
+            .and_then(|a| a.parse().ok())
+    }
+    fn flow_open(&self, addr: SocketAddr) -> bool {
+        self.node.flows.is_open(addr)
+    }
+    fn gateway_up(&self, name: &str) -> bool {
+        self.node
+            .prober
+            .lock()
+            .as_ref()
+            .is_none_or(|p| p.is_up(name))
     }
 }
 

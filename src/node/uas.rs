@@ -1,9 +1,10 @@
-//! Requests Tandem answers itself (RFC 3261 §8.2 and §16.3 checks, OPTIONS §11).
+//! What to do with a new request (RFC 3261 §8.2 and §16.3 checks, OPTIONS §11):
+//! a pure decision. The node carries it out; nothing here sends or changes state.
 
-use super::Node;
 use crate::sip::message::build::{new_tag, response_to};
 use crate::sip::message::validate::max_forwards;
 use crate::sip::message::{HeaderName, Method, Request, Response, Scheme};
+use crate::sip::transaction::key::TxKey;
 
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
 pub const ACCEPT: &str = "application/sdp";
@@ -17,6 +18,12 @@ pub enum Route {
     Forward,
     /// A request inside a dialog Tandem record-routed (its top Route is ours).
     InDialog,
+    /// A CANCEL (§9.2) of the INVITE transaction `invite`: the node cancels it if
+    /// it is being proxied (§16.10) and answers the CANCEL 200, or 481 when no such
+    /// INVITE exists.
+    Cancel {
+        invite: TxKey,
+    },
 }
 
 /// §8.2.2.3: option tags in `Require` (and, for requests Tandem would forward,
@@ -35,7 +42,9 @@ fn unsupported(req: &Request, names: &[HeaderName]) -> Vec<String> {
     out
 }
 
-pub fn route(node: &Node, req: &Request) -> Route {
+/// Decides what a new request needs. `owns_route` says whether a Route URI names
+/// this proxy (a dialog Tandem record-routed).
+pub fn route(req: &Request, owns_route: impl Fn(&str) -> bool) -> Route {
     // Each answer is final, so a fresh To tag per response is right (and costs
     // nothing on the REGISTER path, which answers elsewhere).
     let respond = |status| response_to(req, status, Some(&new_tag()));
@@ -51,12 +60,18 @@ pub fn route(node: &Node, req: &Request) -> Route {
     }
     // CANCEL is never refused for extensions (§8.2.2.3: Require is ignored on CANCEL).
     if req.method == Method::Cancel {
-        return Route::Respond(cancel(node, req, respond));
+        // §9.2: a CANCEL matches the INVITE with the same branch.
+        return match req.top_via() {
+            Some(via) => Route::Cancel {
+                invite: TxKey::for_request(req, &via, "INVITE"),
+            },
+            None => Route::Respond(respond(400)),
+        };
     }
     // §16.4: a request whose top Route is this proxy follows the route set of a
     // dialog Tandem record-routed.
     if let Some(top) = req.headers.first_value(&HeaderName::Route) {
-        if node.proxy_owns_route(top) {
+        if owns_route(top) {
             if !unsupported(req, &[HeaderName::ProxyRequire]).is_empty() {
                 let mut r = respond(420);
                 r.headers.push(
@@ -118,21 +133,126 @@ pub fn route(node: &Node, req: &Request) -> Route {
     }
 }
 
-fn cancel(node: &Node, req: &Request, respond: impl Fn(u16) -> Response) -> Response {
-    // §9.2: a CANCEL matches the INVITE with the same branch; every INVITE gets its
-    // final answer at once here, so the CANCEL only needs its own 200 or 481.
-    let Some(via) = req.top_via() else {
-        return respond(400);
-    };
-    let key = crate::sip::transaction::key::TxKey::for_request(req, &via, "INVITE");
-    // §16.10: a CANCEL for an INVITE being proxied cancels its branches; the
-    // branches' 487s make the INVITE's final answer.
-    if node.proxy_cancel(&key) {
-        return respond(200);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{parse, Message};
+
+    fn req(start: &str, extra: &str) -> Request {
+        let method = start.split(' ').next().unwrap();
+        let text = format!(
+            "{start} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1\r\n\
+             From: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes()).unwrap() {
+            Message::Request(r) => r,
+            Message::Response(_) => unreachable!(),
+        }
     }
-    if node.transactions.lock().contains(&key) {
-        respond(200)
-    } else {
-        respond(481)
+
+    fn status(r: Route) -> u16 {
+        match r {
+            Route::Respond(r) => r.status,
+            _ => 0,
+        }
+    }
+
+    const NOT_OURS: fn(&str) -> bool = |_| false;
+
+    #[test]
+    fn new_requests_for_users_are_forwarded_and_registers_registered() {
+        assert!(matches!(
+            route(&req("INVITE sip:bob@example.com", ""), NOT_OURS),
+            Route::Forward
+        ));
+        assert!(matches!(
+            route(&req("REGISTER sip:example.com", ""), NOT_OURS),
+            Route::Register
+        ));
+    }
+
+    #[test]
+    fn cancel_names_the_invite_it_cancels_and_changes_nothing() {
+        // §9.2: same branch, method INVITE
+        let r = req("CANCEL sip:bob@example.com", "");
+        let Route::Cancel { invite } = route(&r, NOT_OURS) else {
+            panic!("CANCEL not routed as Cancel");
+        };
+        let inv = req("INVITE sip:bob@example.com", "");
+        assert_eq!(
+            invite,
+            TxKey::for_request(&inv, &inv.top_via().unwrap(), "INVITE")
+        );
+    }
+
+    #[test]
+    fn scheme_method_and_extension_checks() {
+        // §8.2.2.1: 416 for a scheme Tandem cannot serve
+        assert_eq!(
+            status(route(&req("INVITE unknownscheme:bob", ""), NOT_OURS)),
+            416
+        );
+        // §8.2.1: 501 with Allow for an unknown method to Tandem itself
+        match route(&req("FOO sip:example.com", ""), NOT_OURS) {
+            Route::Respond(r) => {
+                assert_eq!(r.status, 501);
+                assert_eq!(r.header(&HeaderName::Allow), Some(ALLOW));
+            }
+            _ => panic!("no 501"),
+        }
+        // §8.2.2.3: an unsupported Require to Tandem itself
+        match route(
+            &req("OPTIONS sip:example.com", "Require: foo\r\n"),
+            NOT_OURS,
+        ) {
+            Route::Respond(r) => {
+                assert_eq!(r.status, 420);
+                assert_eq!(r.header(&HeaderName::Unsupported), Some("foo"));
+            }
+            _ => panic!("no 420"),
+        }
+        // §16.3 step 4: Proxy-Require on a request to forward
+        assert_eq!(
+            status(route(
+                &req("INVITE sip:bob@example.com", "Proxy-Require: foo\r\n"),
+                NOT_OURS
+            )),
+            420
+        );
+        // §16.3 step 3: Max-Forwards 0 on a request to forward
+        let mut r = req("MESSAGE sip:bob@example.com", "");
+        r.headers.remove_all(&HeaderName::MaxForwards);
+        r.headers.push(HeaderName::MaxForwards, "0");
+        assert_eq!(status(route(&r, NOT_OURS)), 483);
+    }
+
+    #[test]
+    fn options_to_tandem_lists_capabilities() {
+        match route(&req("OPTIONS sip:example.com", ""), NOT_OURS) {
+            Route::Respond(r) => {
+                assert_eq!(r.status, 200);
+                assert_eq!(r.header(&HeaderName::Allow), Some(ALLOW));
+                assert_eq!(r.header(&HeaderName::Supported), Some("path"));
+            }
+            _ => panic!("OPTIONS not answered"),
+        }
+    }
+
+    #[test]
+    fn requests_routed_through_us_are_in_dialog_and_strays_get_481() {
+        let ours = |r: &str| r.contains("127.0.0.1:5060");
+        let r = req(
+            "BYE sip:bob@127.0.0.1:5080",
+            "Route: <sip:127.0.0.1:5060;lr>\r\n",
+        );
+        assert!(matches!(route(&r, ours), Route::InDialog));
+        // §12.2.2: an in-dialog request Tandem is not part of
+        assert_eq!(status(route(&r, NOT_OURS)), 481);
+        let mut info = req("INFO sip:bob@127.0.0.1:5080", "");
+        info.headers.remove_all(&HeaderName::To);
+        info.headers
+            .push(HeaderName::To, "<sip:bob@example.com>;tag=b");
+        assert_eq!(status(route(&info, NOT_OURS)), 481);
     }
 }

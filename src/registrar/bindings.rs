@@ -1,6 +1,7 @@
 //! RFC 3261 §10.3 steps 6–7: applying a REGISTER's contacts to an AOR's bindings.
 //! Pure: no clock, no IO, so every rule is unit-tested directly.
 
+use crate::location::Flow;
 use crate::location::{Binding, NodeId, UnixMs};
 use crate::sip::message::values::{param, NameAddr};
 use crate::sip::message::Contacts;
@@ -21,7 +22,7 @@ pub struct RegisterRequest<'a> {
     pub call_id: &'a str,
     pub cseq: u32,
     pub path: Vec<String>,
-    pub source: &'a str,
+    pub source: Flow,
     pub user_agent: Option<&'a str>,
     pub owner: &'a NodeId,
 }
@@ -167,7 +168,7 @@ pub fn apply(
             cseq: req.cseq,
             expires_at: now + expires as u64 * 1000,
             path: req.path.clone(),
-            source: req.source.to_string(),
+            source: req.source,
             user_agent: req.user_agent.map(str::to_string),
             owner: req.owner.clone(),
             version: crate::location::next_version(),
@@ -222,7 +223,7 @@ mod tests {
             call_id,
             cseq,
             path: vec![],
-            source: "udp:127.0.0.1:5070",
+            source: "udp:127.0.0.1:5070".parse().unwrap(),
             user_agent: None,
             owner,
         }

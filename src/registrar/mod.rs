@@ -5,8 +5,10 @@ pub mod bindings;
 pub mod poll;
 
 use crate::config::{Config, DigestAlgorithm};
+use crate::location::Flow;
 use crate::location::{LocationTable, NodeId, UnixMs};
-use crate::sip::auth::{self, Algorithm, NonceCheck, NonceManager};
+use crate::sip::auth::Algorithm;
+use crate::sip::authenticator::{Authenticator, Denied, Role};
 use crate::sip::message::build::response_to;
 use crate::sip::message::values::{parse_scalar, NameAddr};
 use crate::sip::message::{Contacts, HeaderName, Request, Response};
@@ -25,13 +27,12 @@ pub enum Outcome {
 }
 
 pub struct Registrar {
-    realm: String,
     authenticate: bool,
-    algorithms: Vec<Algorithm>,
+    /// Shared with the proxy's authentication of calls (one account set, one
+    /// nonce space).
+    auth: Arc<Authenticator>,
     limits: Limits,
     domains: Vec<String>,
-    users: HashMap<String, String>,
-    nonces: NonceManager,
     location: Arc<LocationTable>,
     store: StoreWriter,
     node: NodeId,
@@ -53,17 +54,23 @@ impl Registrar {
                 .iter()
                 .map(|u| (u.username.clone(), u.password.clone())),
         );
+        let algorithms = r
+            .algorithms
+            .iter()
+            .map(|a| match a {
+                DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                DigestAlgorithm::Md5 => Algorithm::Md5,
+            })
+            .collect();
         Registrar {
-            realm: r.realm.clone(),
             authenticate: r.authenticate,
-            algorithms: r
-                .algorithms
-                .iter()
-                .map(|a| match a {
-                    DigestAlgorithm::Sha256 => Algorithm::Sha256,
-                    DigestAlgorithm::Md5 => Algorithm::Md5,
-                })
-                .collect(),
+            auth: Arc::new(Authenticator::new(
+                r.realm.clone(),
+                algorithms,
+                users,
+                Duration::from_secs(r.nonce_ttl_secs),
+                now,
+            )),
             limits: Limits {
                 min_expires: r.min_expires_secs,
                 max_expires: r.max_expires_secs,
@@ -76,8 +83,6 @@ impl Registrar {
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
-            users,
-            nonces: NonceManager::new(Duration::from_secs(r.nonce_ttl_secs), now),
             location,
             store,
             node: NodeId(cfg.node.id.as_str().into()),
@@ -86,7 +91,12 @@ impl Registrar {
 
     /// Whether `user` has an account (a known user without bindings gets 480, §16).
     pub fn is_user(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.auth.is_user(user)
+    }
+
+    /// The digest authenticator, shared with the proxy (calls get 407).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
     }
 
     /// This node's identity (the owner of the bindings registered here).
@@ -125,8 +135,8 @@ impl Registrar {
     }
 
     /// Handles one REGISTER that passed validation and admission.
-    /// `source` names where it came from (`udp:1.2.3.4:5060`).
-    pub fn handle(&self, req: &Request, source: &str, now: Instant, now_ms: UnixMs) -> Outcome {
+    /// `source` is where it came from.
+    pub fn handle(&self, req: &Request, source: Flow, now: Instant, now_ms: UnixMs) -> Outcome {
         let fail = |status: u16| {
             Outcome::Respond(response_to(
                 req,
@@ -148,18 +158,14 @@ impl Registrar {
         // §10.3 step 4 (after the AOR check so foreign junk is not challenged).
         if self.authenticate {
             let user = to.uri.user_unescaped().unwrap_or_default();
-            match self.authenticate(req, &HeaderName::Authorization, &user, now) {
-                AuthResult::Ok => {}
-                AuthResult::Challenge { stale } => {
+            match self.auth.check(req, Role::Registrar, &user, now) {
+                Ok(()) => {}
+                Err(Denied::Challenge(r)) => {
                     metrics::counter!("tandem_register_total", "outcome" => "challenged")
                         .increment(1);
-                    return Outcome::Respond(self.challenge(req, 401, stale, now));
+                    return Outcome::Respond(r);
                 }
-                AuthResult::Malformed => {
-                    metrics::counter!("tandem_auth_failures_total", "reason" => "malformed")
-                        .increment(1);
-                    return reason(fail(400), "Malformed Authorization");
-                }
+                Err(Denied::Malformed(r)) => return Outcome::Respond(r),
             }
         }
         let contacts = {
@@ -289,114 +295,6 @@ impl Registrar {
         r.headers.push(HeaderName::Date, httpdate(now_ms));
         r
     }
-
-    /// Authenticates a call (or any request Tandem forwards) from a local user
-    /// (RFC 3261 §22.3: 407 with Proxy-Authenticate): the digest in
-    /// Proxy-Authorization must be the From user's. `Ok(())` when it is;
-    /// otherwise the 407 (or 400 for a malformed header) to send.
-    pub fn authenticate_caller(&self, req: &Request, now: Instant) -> Result<(), Response> {
-        let user = req
-            .from()
-            .and_then(|f| f.uri.user_unescaped())
-            .unwrap_or_default();
-        match self.authenticate(req, &HeaderName::ProxyAuthorization, &user, now) {
-            AuthResult::Ok => Ok(()),
-            AuthResult::Challenge { stale } => Err(self.challenge(req, 407, stale, now)),
-            AuthResult::Malformed => {
-                metrics::counter!("tandem_auth_failures_total", "reason" => "malformed")
-                    .increment(1);
-                let mut r = response_to(req, 400, Some(&crate::sip::message::build::new_tag()));
-                r.reason = "Malformed Proxy-Authorization".into();
-                Err(r)
-            }
-        }
-    }
-
-    fn authenticate(
-        &self,
-        req: &Request,
-        header: &HeaderName,
-        user: &str,
-        now: Instant,
-    ) -> AuthResult {
-        let mut saw_ours = None;
-        for v in req.headers.get_all(header) {
-            match auth::parse_authorization(v) {
-                Ok(d) if d.realm == self.realm => {
-                    saw_ours = Some(d);
-                    break;
-                }
-                Ok(_) => {}
-                // RFC 4475 `regaut01`: an unknown scheme is answered with our challenge
-                Err(auth::AuthError::UnsupportedScheme) => {}
-                Err(_) => return AuthResult::Malformed,
-            }
-        }
-        let Some(d) = saw_ours else {
-            return AuthResult::Challenge { stale: false };
-        };
-        if !self.algorithms.contains(&d.algorithm) {
-            return AuthResult::Challenge { stale: false };
-        }
-        // A wrong user, realm or password all get the same fresh challenge, and an
-        // unknown user is verified against a dummy password so timing tells nothing.
-        let password = self.users.get(&d.username).map(String::as_str);
-        let ok = auth::verify(
-            &d,
-            req.method.as_str(),
-            password.unwrap_or("\u{0}no-such-user"),
-        ) && password.is_some()
-            && d.username == user;
-        match self.nonces.check_fresh(&d.nonce, now) {
-            NonceCheck::Valid => {}
-            // RFC 7616 §3.3 / RFC 2617 §3.2.1: a correct digest over an expired nonce
-            // (or one issued before a restart) gets stale=true, so the phone retries
-            // silently instead of asking its user for a password.
-            NonceCheck::Stale | NonceCheck::Invalid if ok => {
-                metrics::counter!("tandem_auth_failures_total", "reason" => "stale_nonce")
-                    .increment(1);
-                return AuthResult::Challenge { stale: true };
-            }
-            _ => {
-                metrics::counter!("tandem_auth_failures_total", "reason" => "invalid_nonce")
-                    .increment(1);
-                return AuthResult::Challenge { stale: false };
-            }
-        }
-        if !ok {
-            metrics::counter!("tandem_auth_failures_total", "reason" => "credentials").increment(1);
-            return AuthResult::Challenge { stale: false };
-        }
-        if !self.nonces.accept_nc(&d.nonce, d.nc, now) {
-            metrics::counter!("tandem_auth_failures_total", "reason" => "replay").increment(1);
-            return AuthResult::Challenge { stale: false };
-        }
-        AuthResult::Ok
-    }
-
-    /// 401 with WWW-Authenticate (registrar) or 407 with Proxy-Authenticate (proxy).
-    fn challenge(&self, req: &Request, status: u16, stale: bool, now: Instant) -> Response {
-        let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
-        let header = if status == 407 {
-            HeaderName::ProxyAuthenticate
-        } else {
-            HeaderName::WwwAuthenticate
-        };
-        let nonce = self.nonces.issue(now);
-        for alg in &self.algorithms {
-            r.headers.push(
-                header.clone(),
-                auth::challenge(&self.realm, &nonce, *alg, stale),
-            );
-        }
-        r
-    }
-}
-
-enum AuthResult {
-    Ok,
-    Challenge { stale: bool },
-    Malformed,
 }
 
 fn reason(o: Outcome, why: &str) -> Outcome {

@@ -3,11 +3,13 @@
 //! location table) or a route pattern's gateway group, with the number translated
 //! for it. Pure: no IO, no clock. Syntax and rules: `docs/dial-plan.md`.
 
+mod config;
 mod pattern;
+pub mod targets;
 
+pub use config::{GatewayConfig, RouteConfig};
 pub use pattern::{MatchInfo, PatternError, RoutePattern, Specificity, MAX_POSITIONS};
 
-use crate::config::RouteConfig;
 use crate::sip::message::{Scheme, Uri};
 
 /// A configured route that failed validation; `key()` names it as in the config file.

@@ -2,6 +2,7 @@
 //! digest authentication. Knows nothing of registrars or business logic.
 
 pub mod auth;
+pub mod authenticator;
 pub mod message;
 pub mod transaction;
 pub mod transport;

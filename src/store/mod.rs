@@ -27,6 +27,19 @@ pub enum StoreError {
     Closed,
 }
 
+/// Why queued changes were not committed. One failed transaction fails every
+/// job batched into it, so the cause is shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("commit failed: {0}")]
+    Failed(Arc<StoreError>),
+    #[error("store writer has stopped")]
+    Closed,
+}
+
+/// What a job learns once its changes were committed, or not.
+pub type CommitResult = Result<(), CommitError>;
+
 #[derive(Debug, Clone)]
 pub enum StoreOp {
     Upsert(Binding),
@@ -50,7 +63,7 @@ pub trait BindingStore: Send + 'static {
     fn load_users(&mut self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>>;
 }
 
-type Callback = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Callback = Box<dyn FnOnce(CommitResult) + Send>;
 
 /// What happens once a job's transaction committed (or failed).
 enum Done {
@@ -99,7 +112,10 @@ impl StoreWriter {
                 for j in &mut jobs {
                     ops.append(&mut j.ops);
                 }
-                let result = store.apply(&ops).await.map_err(|e| e.to_string());
+                let result = store
+                    .apply(&ops)
+                    .await
+                    .map_err(|e| CommitError::Failed(Arc::new(e)));
                 if let Err(e) = &result {
                     tracing::error!(error = %e, ops = ops.len(), "store commit failed");
                 }
@@ -118,17 +134,13 @@ impl StoreWriter {
 
     /// Queues changes; `then` runs on the writer task once they are committed (or
     /// with the error if the commit failed, or if the writer has stopped).
-    pub fn submit_then(
-        &self,
-        ops: Vec<StoreOp>,
-        then: impl FnOnce(Result<(), String>) + Send + 'static,
-    ) {
+    pub fn submit_then(&self, ops: Vec<StoreOp>, then: impl FnOnce(CommitResult) + Send + 'static) {
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job {
             ops,
             done: Done::Call(Box::new(then)),
         }) {
             if let Done::Call(f) = job.done {
-                f(Err("store writer stopped".into()));
+                f(Err(CommitError::Closed));
             }
         }
     }
@@ -169,7 +181,7 @@ pub struct PendingCommit(Arc<Mutex<Slot>>);
 
 enum Slot {
     Waiting,
-    Committed(Result<(), String>),
+    Committed(CommitResult),
     Then(Callback),
     Finished,
 }
@@ -177,7 +189,7 @@ enum Slot {
 impl PendingCommit {
     /// Runs `then` once the changes are committed (on the writer task), or at once
     /// if they already are.
-    pub fn then(self, then: impl FnOnce(Result<(), String>) + Send + 'static) {
+    pub fn then(self, then: impl FnOnce(CommitResult) + Send + 'static) {
         let mut slot = self.0.lock();
         match std::mem::replace(&mut *slot, Slot::Finished) {
             Slot::Committed(r) => {
@@ -189,13 +201,12 @@ impl PendingCommit {
     }
 
     /// Waits for the commit.
-    pub async fn wait(self) -> Result<(), String> {
+    pub async fn wait(self) -> CommitResult {
         let (tx, rx) = oneshot::channel();
         self.then(move |r| {
             let _ = tx.send(r);
         });
-        rx.await
-            .unwrap_or_else(|_| Err("store writer stopped".into()))
+        rx.await.unwrap_or(Err(CommitError::Closed))
     }
 }
 
@@ -233,15 +244,15 @@ mod tests {
             version: 1,
         };
         // attached at once: most likely before the writer committed
-        assert_eq!(w.submit_pending(vec![op()]).wait().await, Ok(()));
+        assert!(w.submit_pending(vec![op()]).wait().await.is_ok());
         // attached after the commit surely happened
         let p = w.submit_pending(vec![op()]);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let (tx, rx) = std::sync::mpsc::channel();
         p.then(move |r| tx.send(r).unwrap());
-        assert_eq!(
-            rx.recv_timeout(std::time::Duration::from_secs(1)).unwrap(),
-            Ok(())
-        );
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .unwrap()
+            .is_ok());
     }
 }

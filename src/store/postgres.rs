@@ -47,7 +47,10 @@ fn binding_of(r: &PgRow) -> Result<Binding, sqlx::Error> {
         cseq: r.try_get::<i64, _>("cseq")? as u32,
         expires_at: r.try_get::<i64, _>("expires_at")? as u64,
         path: path.lines().map(str::to_string).collect(),
-        source: r.try_get("source")?,
+        source: r
+            .try_get::<String, _>("source")?
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         user_agent: r.try_get("user_agent")?,
         owner: NodeId(owner.into()),
         version: r.try_get::<i64, _>("version")? as u64,
@@ -186,7 +189,7 @@ impl Upserts {
         self.cseq.push(b.cseq as i64);
         self.expires_at.push(b.expires_at as i64);
         self.path.push(b.path.join("\n"));
-        self.source.push(b.source.clone());
+        self.source.push(b.source.to_string());
         self.user_agent.push(b.user_agent.clone());
         self.owner.push(b.owner.0.to_string());
         self.version.push(b.version as i64);

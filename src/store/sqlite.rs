@@ -69,7 +69,10 @@ impl BindingStore for SqliteStore {
                     cseq: r.try_get::<i64, _>("cseq")? as u32,
                     expires_at: r.try_get::<i64, _>("expires_at")? as u64,
                     path: path.lines().map(str::to_string).collect(),
-                    source: r.try_get("source")?,
+                    source: r
+                        .try_get::<String, _>("source")?
+                        .parse()
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                     user_agent: r.try_get("user_agent")?,
                     owner: NodeId(owner.into()),
                     version: r.try_get::<i64, _>("version")? as u64,
@@ -130,7 +133,7 @@ impl BindingStore for SqliteStore {
                         .push_bind(b.cseq as i64)
                         .push_bind(b.expires_at as i64)
                         .push_bind(b.path.join("\n"))
-                        .push_bind(b.source.as_str())
+                        .push_bind(b.source.to_string())
                         .push_bind(b.user_agent.as_deref())
                         .push_bind(&*b.owner.0)
                         .push_bind(b.version as i64);
@@ -171,7 +174,7 @@ mod tests {
             cseq: 7,
             expires_at: exp,
             path: vec!["<sip:p1;lr>".into(), "<sip:p2;lr>".into()],
-            source: "udp:127.0.0.1:5070".into(),
+            source: "udp:127.0.0.1:5070".parse().unwrap(),
             user_agent: Some("UA".into()),
             owner: NodeId("n1".into()),
             version: 1,

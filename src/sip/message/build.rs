@@ -2,10 +2,9 @@
 
 use super::header::{HeaderName, Headers};
 use super::parse::{header_end, unfold_lines};
-use super::values::{param, Via};
+use super::values::Via;
 use super::{reason_phrase, Request, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::net::SocketAddr;
 
 pub const SERVER: &str = concat!("Tandem/", env!("CARGO_PKG_VERSION"));
 
@@ -148,19 +147,4 @@ pub fn raw_top_via(buf: &[u8]) -> Option<Via> {
         (HeaderName::from_wire(name.trim_end()) == HeaderName::Via).then_some(value)
     })?;
     Via::parse_all(value)?.into_iter().next()
-}
-
-/// Where a response goes over an unreliable transport (RFC 3261 §18.2.2 with RFC
-/// 3581 §4): always the source address (`received`); the source port when the top
-/// Via has `rport`, else the Via's port, 5060 when absent. Without a usable Via,
-/// the source address and port.
-pub fn udp_response_dest(via: Option<&Via>, peer: SocketAddr) -> SocketAddr {
-    let Some(via) = via else {
-        return peer;
-    };
-    let port = match param(&via.params, "rport") {
-        Some(_) => peer.port(),
-        None => via.port.unwrap_or(5060),
-    };
-    SocketAddr::new(peer.ip(), port)
 }

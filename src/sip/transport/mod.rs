@@ -5,6 +5,7 @@ pub mod flows;
 pub mod framing;
 pub mod tcp;
 pub mod udp;
+pub mod via;
 
 use bytes::Bytes;
 use std::fmt;
@@ -30,6 +31,49 @@ impl Protocol {
     /// Whether the transport retransmits for us (RFC 3261 §17: timers differ).
     pub fn is_reliable(self) -> bool {
         matches!(self, Protocol::Tcp)
+    }
+}
+
+/// A transport and a peer's address: where a message came from, and the way back
+/// to that peer (over TCP, the connection from that address: an RFC 5626 flow).
+/// Written `udp:192.0.2.1:5060` in logs and in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl Flow {
+    pub fn new(protocol: Protocol, addr: SocketAddr) -> Flow {
+        Flow { protocol, addr }
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.protocol.as_str(), self.addr)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a flow (expected `udp:ADDR:PORT` or `tcp:ADDR:PORT`): {0:?}")]
+pub struct FlowParseError(String);
+
+impl std::str::FromStr for Flow {
+    type Err = FlowParseError;
+
+    fn from_str(s: &str) -> Result<Flow, FlowParseError> {
+        let bad = || FlowParseError(s.chars().take(80).collect());
+        let (protocol, addr) = s.split_once(':').ok_or_else(bad)?;
+        let protocol = match protocol {
+            "udp" => Protocol::Udp,
+            "tcp" => Protocol::Tcp,
+            _ => return Err(bad()),
+        };
+        Ok(Flow {
+            protocol,
+            addr: addr.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -74,13 +118,39 @@ pub struct Source {
     pub reply: Replier,
 }
 
+impl Source {
+    /// The transport and peer this message came over.
+    pub fn flow(&self) -> Flow {
+        Flow::new(self.protocol, self.peer)
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.protocol.as_str(), self.peer)
+        self.flow().fmt(f)
     }
 }
 
 /// Receives every message a transport framed.
 pub trait Handler: Send + Sync + 'static {
     fn on_message(&self, data: Bytes, source: Source);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_are_written_and_read_back() {
+        for text in ["udp:127.0.0.1:5070", "tcp:[2001:db8::1]:5060"] {
+            let f: Flow = text.parse().unwrap();
+            assert_eq!(f.to_string(), text);
+        }
+        let f: Flow = "tcp:10.0.0.1:5061".parse().unwrap();
+        assert_eq!(f.protocol, Protocol::Tcp);
+        assert_eq!(f.addr, "10.0.0.1:5061".parse().unwrap());
+        for bad in ["", "udp", "sctp:1.2.3.4:5", "udp:1.2.3.4", "udp:host:5060"] {
+            assert!(bad.parse::<Flow>().is_err(), "{bad}");
+        }
+    }
 }

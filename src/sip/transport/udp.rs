@@ -1,8 +1,9 @@
 //! UDP listener: one datagram = one message (RFC 3261 §18.1.2). A datagram larger
 //! than the configured maximum is answered 513 (RFC 3261 §18.1.1) and dropped.
 
+use super::via::response_dest;
 use super::{Handler, Protocol, Replier, Source};
-use crate::sip::message::build::{raw_top_via, stateless_error, udp_response_dest};
+use crate::sip::message::build::{raw_top_via, stateless_error};
 use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
@@ -47,7 +48,8 @@ pub async fn serve(sock: Arc<UdpSocket>, max_message_size: usize, handler: Arc<d
             metrics::counter!("tandem_sip_parse_errors_total", "transport" => "udp", "reason" => "too_large").increment(1);
             if let Some(resp) = stateless_error(&buf[..n], 513, "Message Too Large") {
                 // RFC 3261 §18.2.2: the Via port unless the request asked for rport
-                let dest = udp_response_dest(raw_top_via(&buf[..n]).as_ref(), peer);
+                let dest =
+                    response_dest(raw_top_via(&buf[..n]).as_ref(), super::Protocol::Udp, peer);
                 Replier::Udp(sock.clone()).send(dest, resp);
             }
             continue;

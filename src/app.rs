@@ -1,23 +1,28 @@
-//! Starting and stopping a node: store, location, registrar, transports, admin
-//! listener and the periodic tasks (transaction timers, binding expiry).
+//! The application's start-up and shutdown: opens the store, loads or joins the
+//! location table, binds the transports and the admin listener, builds the
+//! [`Node`] with everything it needs, then serves and runs the periodic tasks
+//! (transaction timers, binding expiry, polls, CDRs). The wiring lives here so
+//! the node itself only handles messages and timers.
 
-use super::{Node, NodeHandle};
+use crate::admin::NodeStatus;
 use crate::admission::AdmitAll;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::location::{now_ms, LocationTable, NodeId};
+use crate::node::{Node, NodeHandle, NodeParts, Routing};
 use crate::proxy::cdr::CallsHousekeeping;
 use crate::registrar::poll::ContactPoller;
 use crate::registrar::Registrar;
+use crate::routing::targets::Routes;
+use crate::routing::DialPlan;
 use crate::sip::transaction::TimerConfig;
+use crate::sip::transport::flows::Flows;
 use crate::sip::transport::tcp::TcpLimits;
 use crate::sip::transport::{tcp, udp, Handler};
 use crate::store::postgres::PgCluster;
 use crate::store::{self, StoreOp, StoreWriter};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -94,87 +99,37 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         writer.clone(),
         Instant::now(),
     );
-    let timers = TimerConfig {
-        t1: Duration::from_millis(cfg.sip.t1_ms),
-        t2: Duration::from_millis(cfg.sip.t2_ms),
-        t4: Duration::from_millis(cfg.sip.t4_ms),
-    };
-    let node = Arc::new(Node::new(
-        registrar,
-        Box::new(AdmitAll),
-        timers,
-        cfg.sip.max_transactions,
-        cfg.calls.max_calls,
-    ));
-    node.set_routing(super::Routing {
-        // validated when the config was loaded
-        dial_plan: crate::routing::DialPlan::new(cfg.routes.clone()).unwrap_or_default(),
-        gateways: cfg.gateways.clone(),
-        authenticate_calls: cfg.calls.authenticate,
-        trusted: cfg.calls.trusted.clone(),
-    });
-    let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
-    let mut tasks = Vec::new();
-    // The listeners are bound now (their addresses are needed to join a cluster)
-    // but served only once the node's table is loaded: until then the kernel
-    // queues what arrives, rather than the node answering from an empty table.
-    let mut serving: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-    let mut udp_addrs = Vec::new();
+    // The listeners are bound now (their addresses are needed to join a cluster
+    // and to build the node) but served only once the node's table is loaded:
+    // until then the kernel queues what arrives, rather than the node answering
+    // from an empty table.
+    let mut udp_socks = Vec::new();
     for addr in &cfg.sip.udp {
-        let sock = udp::bind(*addr).map_err(|source| StartError::Bind {
+        let bind_err = |source| StartError::Bind {
             proto: "udp",
             addr: *addr,
             source,
-        })?;
-        let sock = Arc::new(sock);
-        let local = sock.local_addr().map_err(|source| StartError::Bind {
-            proto: "udp",
-            addr: *addr,
-            source,
-        })?;
-        if udp_addrs.is_empty() {
-            // Requests are forwarded from the first UDP listener (Via, Record-Route).
-            node.set_outbound(sock.clone(), local);
-        }
-        udp_addrs.push(local);
+        };
+        let sock = Arc::new(udp::bind(*addr).map_err(bind_err)?);
+        let local = sock.local_addr().map_err(bind_err)?;
         tracing::info!(%local, "listening on UDP");
-        // two receivers per socket so both cores parse when the load calls for it
-        for _ in 0..2 {
-            serving.push(Box::pin(udp::serve(
-                sock.clone(),
-                cfg.sip.max_message_size,
-                handler.clone(),
-            )));
-        }
+        udp_socks.push((sock, local));
     }
-    let mut tcp_addrs = Vec::new();
-    let limits = TcpLimits {
-        max_message_size: cfg.sip.max_message_size,
-        max_connections: cfg.sip.tcp_max_connections,
-        message_timeout: Duration::from_millis(cfg.sip.tcp_message_timeout_ms),
-        idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_secs),
-    };
+    let udp_addrs: Vec<SocketAddr> = udp_socks.iter().map(|(_, a)| *a).collect();
+    let mut tcp_listeners = Vec::new();
     for addr in &cfg.sip.tcp {
-        let l = bind_tcp(*addr).map_err(|source| StartError::Bind {
+        let bind_err = |source| StartError::Bind {
             proto: "tcp",
             addr: *addr,
             source,
-        })?;
-        let local = l.local_addr().map_err(|source| StartError::Bind {
-            proto: "tcp",
-            addr: *addr,
-            source,
-        })?;
-        tcp_addrs.push(local);
+        };
+        let l = bind_tcp(*addr).map_err(bind_err)?;
+        let local = l.local_addr().map_err(bind_err)?;
         tracing::info!(%local, "listening on TCP");
-        serving.push(Box::pin(tcp::serve(
-            l,
-            limits.clone(),
-            handler.clone(),
-            node.flows().clone(),
-        )));
+        tcp_listeners.push((l, local));
     }
-    let admin = if cfg.admin.enabled {
+    let tcp_addrs: Vec<SocketAddr> = tcp_listeners.iter().map(|(_, a)| *a).collect();
+    let admin_listener = if cfg.admin.enabled {
         let l = tokio::net::TcpListener::bind(cfg.admin.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -182,50 +137,112 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
                 addr: cfg.admin.listen,
                 source,
             })?;
-        let local = l.local_addr().ok();
-        tracing::info!(local = ?local, "admin listener (/health, /metrics)");
-        serving.push(Box::pin(crate::admin::serve(l, node.clone())));
-        local
+        tracing::info!(local = ?l.local_addr().ok(), "admin listener (/health, /metrics)");
+        Some(l)
     } else {
         None
     };
-    if let Some(db) = cluster_db {
-        let advertise = cfg
-            .cluster
-            .advertise
-            .or(udp_addrs.first().copied())
-            .or(tcp_addrs.first().copied())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let (listener, upto) = cluster::join(&db, &advertise, &location).await?;
-        metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
-        let cluster = Arc::new(Cluster::new(db));
-        node.set_cluster(cluster.clone());
-        tasks.push(tokio::spawn(cluster::replicate(
-            cluster.clone(),
-            listener,
-            upto,
-            location.clone(),
-            Duration::from_millis(cfg.cluster.poll_interval_ms),
-        )));
-        tasks.push(tokio::spawn(cluster::membership(
-            cluster,
-            location.clone(),
-            cfg.cluster.clone(),
-        )));
-    }
-    tasks.extend(serving.into_iter().map(tokio::spawn));
+    let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let mut tasks = Vec::new();
+    let cluster = match cluster_db {
+        Some(db) => {
+            let advertise = cfg
+                .cluster
+                .advertise
+                .or(udp_addrs.first().copied())
+                .or(tcp_addrs.first().copied())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let (listener, upto) = cluster::join(&db, &advertise, &location).await?;
+            metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+            let cluster = Arc::new(Cluster::new(db));
+            tasks.push(tokio::spawn(cluster::replicate(
+                cluster.clone(),
+                listener,
+                upto,
+                location.clone(),
+                Duration::from_millis(cfg.cluster.poll_interval_ms),
+            )));
+            tasks.push(tokio::spawn(cluster::membership(
+                cluster.clone(),
+                location.clone(),
+                cfg.cluster.clone(),
+            )));
+            Some(cluster)
+        }
+        None => None,
+    };
+    // Requests are forwarded from the first UDP listener (Via, Record-Route).
+    let outbound = udp_socks.first().cloned();
+    let local = outbound
+        .as_ref()
+        .map(|(_, a)| *a)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060)));
     let reg = &cfg.registrar;
-    if reg.poll_contacts {
-        node.set_poller(ContactPoller::new(
-            udp_addrs
-                .first()
-                .copied()
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060))),
+    let poller = reg.poll_contacts.then(|| {
+        ContactPoller::new(
+            local,
             Duration::from_secs(reg.poll_interval_secs),
             Duration::from_millis(reg.poll_timeout_ms),
             reg.poll_max_misses,
-        ));
+        )
+    });
+    let flows = Arc::new(Flows::default());
+    let node = Arc::new(Node::new(NodeParts {
+        registrar,
+        admission: Box::new(AdmitAll),
+        timers: TimerConfig {
+            t1: Duration::from_millis(cfg.sip.t1_ms),
+            t2: Duration::from_millis(cfg.sip.t2_ms),
+            t4: Duration::from_millis(cfg.sip.t4_ms),
+        },
+        max_transactions: cfg.sip.max_transactions,
+        max_calls: cfg.calls.max_calls,
+        timer_c: Duration::from_secs(cfg.calls.timer_c_secs),
+        outbound,
+        routing: Routing {
+            routes: Routes {
+                // validated when the config was loaded
+                dial_plan: DialPlan::new(cfg.routes.clone()).unwrap_or_default(),
+                gateways: cfg.gateways.clone(),
+            },
+            authenticate_calls: cfg.calls.authenticate,
+            trusted: cfg.calls.trusted.clone(),
+            probe_interval: Duration::from_millis(cfg.calls.gateway_probe_interval_ms),
+            probe_timeout: Duration::from_millis(cfg.calls.gateway_probe_timeout_ms),
+        },
+        flows: flows.clone(),
+        cluster,
+        poller,
+    }));
+    let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
+    for (sock, _) in &udp_socks {
+        // two receivers per socket so both cores parse when the load calls for it
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(udp::serve(
+                sock.clone(),
+                cfg.sip.max_message_size,
+                handler.clone(),
+            )));
+        }
+    }
+    let limits = TcpLimits {
+        max_message_size: cfg.sip.max_message_size,
+        max_connections: cfg.sip.tcp_max_connections,
+        message_timeout: Duration::from_millis(cfg.sip.tcp_message_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_secs),
+    };
+    for (l, _) in tcp_listeners {
+        tasks.push(tokio::spawn(tcp::serve(
+            l,
+            limits.clone(),
+            handler.clone(),
+            flows.clone(),
+        )));
+    }
+    if let Some(l) = admin_listener {
+        let status: Arc<dyn NodeStatus> = node.clone();
+        tasks.push(tokio::spawn(crate::admin::serve(l, status)));
     }
     if reg.poll_contacts || reg.unregister_on_flow_close {
         tasks.push(tokio::spawn(refresh_polls(
