@@ -230,6 +230,9 @@ impl Proxy {
                     return;
                 }
             }
+        } else {
+            // Any other answer is the group's answer: the rest is not tried.
+            ctx.next.clear();
         }
         ctx.offer(status, resp);
         self.maybe_done(server);

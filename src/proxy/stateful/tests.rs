@@ -508,3 +508,19 @@ fn no_target_answers_480_and_a_non_invite_gets_no_call_events() {
     assert_eq!(summary(&a), ["respond 404"], "no ACK, no call events");
     assert_eq!(p.active(), 0);
 }
+
+/// Found by this test: a gateway's answer other than 503/408 (here 486) left the
+/// untried gateways queued, so the context waited for ever and the caller got
+/// no final response.
+#[test]
+fn serial_group_stops_at_an_answer_that_is_not_a_failover() {
+    let t0 = Instant::now();
+    let (mut p, _, a) = start(t0, Plan::Serial(vec![gateway(21), gateway(22)]));
+    let inv1 = sent(&a, "10.0.0.21:5060", "INVITE");
+    let a = answer(&mut p, t0 + s(1), &inv1, 486, "g1");
+    assert_eq!(
+        summary(&a),
+        ["send 10.0.0.21:5060 ACK", "failed 486", "respond 486"]
+    );
+    assert_eq!(p.active(), 0);
+}
