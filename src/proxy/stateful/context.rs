@@ -69,10 +69,15 @@ impl Context {
         })
     }
 
-    /// Whether new branches may still start: not after the caller cancelled or
-    /// a 2xx went upstream.
+    /// Whether new branches may still start: not after the caller cancelled, a
+    /// 2xx went upstream, or a 6xx arrived (§16.7 step 5: "MUST NOT create any
+    /// new branches in this context").
     pub(super) fn may_branch(&self) -> bool {
-        !self.cancelled && !self.final_sent
+        !self.cancelled && !self.final_sent && !self.has_6xx()
+    }
+
+    pub(super) fn has_6xx(&self) -> bool {
+        self.best.as_ref().is_some_and(|(s, _)| *s >= 600)
     }
 
     /// A response this proxy makes itself for the request (no branch answered,
@@ -161,8 +166,10 @@ mod tests {
         c.offer(486, None);
         c.offer(404, None);
         assert_eq!(c.best.as_ref().map(|b| b.0), Some(486));
+        assert!(c.may_branch());
         c.offer(603, None);
         assert_eq!(c.best.as_ref().map(|b| b.0), Some(603));
+        assert!(!c.may_branch(), "no new branch after a 6xx");
         c.offer(302, None);
         assert_eq!(c.best.as_ref().map(|b| b.0), Some(603));
         let bytes = &c.best.as_ref().unwrap().1;

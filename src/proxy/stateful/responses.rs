@@ -137,6 +137,11 @@ impl Proxy {
                         return;
                     }
                 }
+                if status >= 600 {
+                    // §16.7 step 5: a 6xx ends the search; what still rings is
+                    // cancelled (§16.10) and the 6xx goes up once they are done.
+                    self.cancel_others(now, &server, key);
+                }
                 self.on_branch_failed(now, &server, status, up);
             }
             ClientEvent::Timeout | ClientEvent::TransportError => {

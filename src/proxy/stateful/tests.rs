@@ -524,3 +524,35 @@ fn serial_group_stops_at_an_answer_that_is_not_a_failover() {
     );
     assert_eq!(p.active(), 0);
 }
+
+/// Found by this test: a 6xx did not cancel the branches still ringing (§16.7
+/// step 5), so the caller waited for them (up to Timer C) for a call that was
+/// already declined everywhere.
+#[test]
+fn a_6xx_beats_everything_and_cancels_the_other_branches() {
+    let t0 = Instant::now();
+    let (mut p, _, a) = start(t0, Plan::Parallel(vec![target(11), target(12), target(13)]));
+    let inv1 = sent(&a, "10.0.0.11:5060", "INVITE");
+    let inv2 = sent(&a, "10.0.0.12:5060", "INVITE");
+    let inv3 = sent(&a, "10.0.0.13:5060", "INVITE");
+    answer(&mut p, t0, &inv2, 180, "b2");
+    answer(&mut p, t0, &inv3, 180, "b3");
+    let a = answer(&mut p, t0 + s(1), &inv1, 302, "b1");
+    assert_eq!(summary(&a), ["send 10.0.0.11:5060 ACK"]);
+    let a = answer(&mut p, t0 + s(2), &inv2, 603, "b2");
+    assert_eq!(
+        summary(&a),
+        ["send 10.0.0.12:5060 ACK", "send 10.0.0.13:5060 CANCEL"],
+        "the 6xx waits for the cancelled branch, which is cancelled at once"
+    );
+    let a = answer(&mut p, t0 + s(2), &inv3, 487, "b3");
+    assert_eq!(
+        summary(&a),
+        ["send 10.0.0.13:5060 ACK", "failed 603", "respond 603"],
+        "603 beats the earlier 302 and the later 487 (§16.7 step 6)"
+    );
+    assert!(upstream(&a, 603)
+        .header(&HeaderName::To)
+        .unwrap()
+        .contains("tag=b2"));
+}
