@@ -24,6 +24,8 @@ pub(super) struct Context {
     pub(super) final_sent: bool,
     /// The caller cancelled (§16.10), or Timer C fired (§16.8).
     pub(super) cancelled: bool,
+    /// Timer C fired: the call failed by timeout, not by the caller's CANCEL.
+    pub(super) timed_out: bool,
     /// Timer C (§16.6 step 11): an INVITE that has not been answered is cancelled.
     pub(super) timer_c: Option<Instant>,
     /// This context's entry in `Proxy::timer_c_owner`.
@@ -52,6 +54,7 @@ impl Context {
             best: None,
             final_sent: false,
             cancelled: false,
+            timed_out: false,
             timer_c: None,
             timer_c_id: None,
             record_route,

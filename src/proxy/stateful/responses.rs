@@ -156,7 +156,7 @@ impl Proxy {
 
     /// §16.7 step 5: a provisional other than 100 goes upstream at once (until a
     /// final has), and restarts Timer C (§16.7 step 2).
-    fn on_provisional(&mut self, _now: Instant, server: &TxKey, status: u16, up: Response) {
+    fn on_provisional(&mut self, now: Instant, server: &TxKey, status: u16, up: Response) {
         let Some(ctx) = self.contexts.get(server) else {
             return;
         };
@@ -164,6 +164,9 @@ impl Proxy {
             return;
         }
         if ctx.invite {
+            if ctx.timer_c.is_some() {
+                self.arm_timer_c(now, server);
+            }
             self.actions.push_back(Action::Provisional {
                 call: call_of(&self.contexts[server].request),
                 to_tag: to_tag(&up),
@@ -273,7 +276,7 @@ impl Proxy {
             self.actions.push_back(Action::Failed {
                 call: call_of(&ctx.request),
                 status,
-                cancelled: ctx.cancelled,
+                cancelled: ctx.cancelled && !ctx.timed_out,
             });
         }
         self.actions.push_back(Action::Respond {

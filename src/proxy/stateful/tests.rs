@@ -392,13 +392,11 @@ fn timer_c_cancels_a_call_that_rings_forever() {
     let cancel = sent(&a, "10.0.0.11:5060", "CANCEL");
     answer(&mut p, t0 + s(181), &cancel, 200, "b1");
     let a = answer(&mut p, t0 + s(181), &inv, 487, "b1");
+    // Found by this test: a Timer C timeout was reported as the caller's CANCEL
+    // (`cancelled: true`), so the call-state table recorded "cancelled", not a timeout.
     assert_eq!(
         summary(&a),
-        [
-            "send 10.0.0.11:5060 ACK",
-            "failed 408 cancelled",
-            "respond 408"
-        ]
+        ["send 10.0.0.11:5060 ACK", "failed 408", "respond 408"]
     );
 }
 
@@ -555,4 +553,21 @@ fn a_6xx_beats_everything_and_cancels_the_other_branches() {
         .header(&HeaderName::To)
         .unwrap()
         .contains("tag=b2"));
+}
+
+/// Found by this test: Timer C was never restarted by a provisional (RFC 3261
+/// §16.7 step 2 says it MUST be), so a call that kept sending 183s was cut
+/// 180 s after the INVITE.
+#[test]
+fn timer_c_restarts_on_each_provisional() {
+    let t0 = Instant::now();
+    let (mut p, _, a) = start(t0, Plan::Parallel(vec![target(11)]));
+    let inv = sent(&a, "10.0.0.11:5060", "INVITE");
+    answer(&mut p, t0 + s(1), &inv, 180, "b1");
+    answer(&mut p, t0 + s(100), &inv, 183, "b1");
+    p.handle_timeout(t0 + s(181));
+    assert!(summary(&drain(&mut p)).is_empty(), "restarted at 100 s");
+    assert_eq!(p.poll_timeout(), Some(t0 + s(280)));
+    p.handle_timeout(t0 + s(280));
+    assert_eq!(summary(&drain(&mut p)), ["send 10.0.0.11:5060 CANCEL"]);
 }

@@ -114,6 +114,7 @@ impl Proxy {
         if let Some(ctx) = self.contexts.get_mut(&server) {
             ctx.timer_c = None;
             ctx.timer_c_id = None;
+            ctx.timed_out = true;
             if ctx.best.is_none() {
                 ctx.best = Some((408, ctx.own_response(408)));
             }
