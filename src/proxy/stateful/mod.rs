@@ -285,6 +285,8 @@ impl Proxy {
         for (status, resp) in stale {
             self.on_branch_failed(now, server, status, Some(resp));
         }
+        // with no stale answer left to wait for, the context may be complete
+        self.maybe_done(server);
     }
 
     /// Forwards a request statelessly (an ACK for a 2xx, §16.11): our Via on top,

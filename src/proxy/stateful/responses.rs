@@ -255,8 +255,11 @@ impl Proxy {
         let pending = ctx
             .branch_keys()
             .any(|k| self.branches.get(&k).is_some_and(|b| !b.done));
+        // A peer's stale answer waits for `retry_after_stale` (the phone may be
+        // found elsewhere), which the node calls for every PeerHasNoBinding.
+        let waiting = !ctx.stale.is_empty();
         let serial_left = !ctx.next.is_empty() && ctx.may_branch();
-        if pending || serial_left {
+        if pending || waiting || serial_left {
             return;
         }
         let Some(ctx) = self.contexts.remove(server) else {

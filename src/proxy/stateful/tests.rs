@@ -571,3 +571,34 @@ fn timer_c_restarts_on_each_provisional() {
     p.handle_timeout(t0 + s(280));
     assert_eq!(summary(&drain(&mut p)), ["send 10.0.0.11:5060 CANCEL"]);
 }
+
+/// Found by this test: when another fork failed before the node's retry
+/// decision, the context ended at once and the retry found nothing to retry.
+#[test]
+fn a_stale_answer_waits_for_the_retry_even_when_the_other_fork_fails() {
+    let t0 = Instant::now();
+    let (mut p, server, a) = start(t0, Plan::Parallel(vec![peer(31), target(11)]));
+    let inv_peer = sent(&a, "10.0.0.31:5060", "INVITE");
+    let inv_phone = sent(&a, "10.0.0.11:5060", "INVITE");
+    answer(&mut p, t0, &inv_peer, 404, "n1");
+    let a = answer(&mut p, t0, &inv_phone, 486, "b1");
+    assert_eq!(summary(&a), ["send 10.0.0.11:5060 ACK"]);
+    p.retry_after_stale(t0, &server, vec![peer(32)]);
+    let a = drain(&mut p);
+    assert_eq!(summary(&a), ["send 10.0.0.32:5060 INVITE"]);
+    let inv2 = sent(&a, "10.0.0.32:5060", "INVITE");
+    let a = answer(&mut p, t0 + s(1), &inv2, 480, "n2");
+    assert_eq!(
+        summary(&a),
+        [
+            "send 10.0.0.32:5060 ACK",
+            "stale node32 sip:bob@10.0.0.32:5060"
+        ]
+    );
+    p.retry_after_stale(t0 + s(1), &server, Vec::new());
+    assert_eq!(
+        summary(&drain(&mut p)),
+        ["failed 486", "respond 486"],
+        "the phone's 486 came first in its class"
+    );
+}
