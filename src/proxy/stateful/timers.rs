@@ -104,10 +104,11 @@ impl Proxy {
         let Some(server) = self.timer_c_owner.remove(&id) else {
             return;
         };
-        if !self
+        // an entry left from before a 2xx or a re-arm: the context moved on
+        if self
             .contexts
             .get(&server)
-            .is_some_and(|c| c.timer_c == Some(at))
+            .is_none_or(|c| c.timer_c != Some(at))
         {
             return;
         }
