@@ -371,6 +371,88 @@ impl ClientInvite {
     }
 }
 
+/// What a transaction user drives in either client transaction, so one that
+/// holds both kinds (a proxy's branches: INVITEs and their CANCELs) needs no
+/// per-kind copy of every call.
+pub trait ClientTransaction {
+    /// A response matched this transaction (§17.1.3). `make_ack` builds the ACK
+    /// for a non-2xx final to an INVITE (§17.1.1.3); a non-INVITE transaction
+    /// never calls it.
+    fn on_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        bytes: Bytes,
+        make_ack: &mut dyn FnMut() -> Bytes,
+    ) -> Result<(), ClientError>;
+    fn handle_timeout(&mut self, now: Instant);
+    fn handle_transport_error(&mut self, now: Instant);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+    fn poll_event(&mut self) -> Option<ClientEvent>;
+    fn is_terminated(&self) -> bool;
+}
+
+impl ClientTransaction for ClientNonInvite {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        bytes: Bytes,
+        _make_ack: &mut dyn FnMut() -> Bytes,
+    ) -> Result<(), ClientError> {
+        ClientNonInvite::handle_response(self, now, status, bytes)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ClientNonInvite::handle_timeout(self, now)
+    }
+    fn handle_transport_error(&mut self, now: Instant) {
+        ClientNonInvite::handle_transport_error(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ClientNonInvite::poll_timeout(self)
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        ClientNonInvite::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        ClientNonInvite::poll_event(self)
+    }
+    fn is_terminated(&self) -> bool {
+        ClientNonInvite::is_terminated(self)
+    }
+}
+
+impl ClientTransaction for ClientInvite {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        bytes: Bytes,
+        make_ack: &mut dyn FnMut() -> Bytes,
+    ) -> Result<(), ClientError> {
+        ClientInvite::handle_response(self, now, status, bytes, make_ack)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ClientInvite::handle_timeout(self, now)
+    }
+    fn handle_transport_error(&mut self, now: Instant) {
+        ClientInvite::handle_transport_error(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ClientInvite::poll_timeout(self)
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        ClientInvite::poll_transmit(self)
+    }
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        ClientInvite::poll_event(self)
+    }
+    fn is_terminated(&self) -> bool {
+        ClientInvite::is_terminated(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
