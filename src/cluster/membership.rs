@@ -317,16 +317,16 @@ mod tests {
     fn this_nodes_own_row_is_ignored() {
         let mut m = membership();
         let t0 = Instant::now();
-        let own = PeerRow {
+        let own = [PeerRow {
             node: id("me"),
             sip_addr: "127.0.0.9:5060".into(),
             beat: 1,
-        };
-        assert!(m.on_reading(t0, &[own.clone()]).is_empty());
+        }];
+        assert!(m.on_reading(t0, &own).is_empty());
         // frozen for ten timeouts (as a reading taken just before our own
         // heartbeat commits would be): never judged
         for i in 1..=75 {
-            assert!(m.on_reading(t0 + BEAT * i, &[own.clone()]).is_empty());
+            assert!(m.on_reading(t0 + BEAT * i, &own).is_empty());
         }
         assert_eq!(m.alive(), 0);
         assert_eq!(m.sip_addr_of(&id("me")), None);

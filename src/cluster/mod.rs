@@ -180,7 +180,9 @@ pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg
                 }
                 MembershipEvent::Purge { node, beat } => {
                     match cluster.db.purge_dead(&node, beat).await {
-                        Ok(0) => {} // another peer did it, or it beat again
+                        // nothing to do: another peer claimed it, it beat again, or it
+                        // had no bindings
+                        Ok(0) => {}
                         Ok(n) => {
                             tracing::info!(node = %node.0, purged = n, "dead peer's bindings purged")
                         }
