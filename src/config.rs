@@ -218,7 +218,8 @@ impl Default for StoreConfig {
 pub struct ClusterConfig {
     /// How often this node writes its heartbeat.
     pub heartbeat_interval_ms: u64,
-    /// A peer whose heartbeat is older than this is dead: its bindings are dropped.
+    /// A peer whose heartbeat counter has not moved for this long, by this
+    /// node's clock, is dead: its bindings are dropped (`cluster::membership`).
     pub node_timeout_ms: u64,
     /// Changes are read on every notification, and at least this often (a
     /// notification lost while reconnecting delays a change by at most this).

@@ -5,64 +5,58 @@
 //!   through [`replicate`] (NOTIFY as a hint, the change log as the truth).
 //! - FIG. 4C: a joining node listens first, then loads one snapshot; the changes
 //!   after the snapshot's sequence number follow with no gap ([`join`]).
-//! - FIG. 4D: a peer whose heartbeat is older than the timeout is dead: its
-//!   bindings leave this table at once, and one peer tombstones its rows in the
-//!   database, once ([`membership`]).
+//! - FIG. 4D: a peer whose heartbeat counter has not moved for the timeout, by
+//!   this node's clock, is dead: its bindings leave this table at once, and one
+//!   peer tombstones its rows in the database, once. [`membership::Membership`]
+//!   decides (no IO); [`membership`] reads the nodes table and carries it out.
 
-pub mod dead;
+pub mod membership;
 
 use crate::config::ClusterConfig;
 use crate::location::{now_ms, LocationTable, NodeId};
-use crate::store::postgres::{Peer, PgCluster};
+use crate::store::postgres::PgCluster;
 use crate::store::StoreError;
-use dead::DeadPeers;
+use membership::{Membership, MembershipEvent};
 use parking_lot::Mutex;
 use sqlx::postgres::PgListener;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Changes read per query while catching up.
 const CATCH_UP_BATCH: i64 = 10_000;
 
-/// A node's view of the cluster: who is dead, and where peers take SIP.
+/// A node's view of the cluster: who is alive, and where peers take SIP.
 pub struct Cluster {
     pub db: PgCluster,
-    pub dead: Mutex<DeadPeers>,
-    /// The peers' SIP addresses (from the nodes table), for calls to their phones.
-    pub peers: Mutex<Vec<Peer>>,
+    /// Who is alive and where (fed by [`membership`]'s readings).
+    pub membership: Mutex<Membership>,
     /// The change sequence this node's table is current to (reported with the
     /// heartbeat, so tombstones everyone has applied can be pruned).
     pub applied: AtomicI64,
 }
 
 impl Cluster {
+    /// The timeout here is the default one: [`membership`] installs the one
+    /// from `[cluster]` before its first reading (the node builds the `Cluster`
+    /// before that task has its configuration), so this one never judges anyone.
     pub fn new(db: PgCluster) -> Cluster {
+        let timeout = Duration::from_millis(ClusterConfig::default().node_timeout_ms);
         Cluster {
+            membership: Mutex::new(Membership::new(db.node().clone(), timeout)),
             db,
-            dead: Mutex::new(DeadPeers::default()),
-            peers: Mutex::new(Vec::new()),
             applied: AtomicI64::new(0),
         }
     }
 
     /// The live peer whose SIP address is `addr` (a request from another node).
     pub fn peer_at(&self, addr: std::net::SocketAddr) -> Option<NodeId> {
-        let addr = addr.to_string();
-        self.peers
-            .lock()
-            .iter()
-            .find(|p| p.sip_addr == addr && !p.stale)
-            .map(|p| p.node.clone())
+        self.membership.lock().peer_at(addr).cloned()
     }
 
     /// Where a live peer takes SIP.
     pub fn sip_addr_of(&self, node: &NodeId) -> Option<String> {
-        self.peers
-            .lock()
-            .iter()
-            .find(|p| &p.node == node && !p.stale)
-            .map(|p| p.sip_addr.clone())
+        self.membership.lock().sip_addr_of(node).map(str::to_string)
     }
 }
 
@@ -143,9 +137,12 @@ pub async fn replicate(
     }
 }
 
-/// FIG. 4C/4D: writes this node's heartbeat and watches the peers'.
+/// FIG. 4C/4D: writes this node's heartbeat and watches the peers'. A thin
+/// shell around [`Membership`]: tick, heartbeat, read the nodes table, hand the
+/// reading over with the time it was taken, carry out the events.
 pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg: ClusterConfig) {
     let timeout = Duration::from_millis(cfg.node_timeout_ms);
+    *cluster.membership.lock() = Membership::new(cluster.db.node().clone(), timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let prune_every = Duration::from_secs(cfg.tombstone_prune_secs.max(1));
@@ -157,23 +154,43 @@ pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg
             tracing::warn!(error = %e, "heartbeat failed");
             continue;
         }
-        let peers = match cluster.db.peers(timeout).await {
-            Ok(p) => p,
+        let rows = match cluster.db.peers().await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the nodes table failed");
                 continue;
             }
         };
-        let newly_dead = cluster.dead.lock().observe(&peers);
-        for node in newly_dead {
-            let dropped = location.remove_owner(&node);
-            tracing::warn!(node = %node.0, dropped, "peer stopped heartbeating; its bindings dropped");
-            metrics::counter!("tandem_cluster_peers_dead_total").increment(1);
-            metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
-            match cluster.db.purge_dead(&node, timeout).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(node = %node.0, purged = n, "dead peer's bindings purged"),
-                Err(e) => tracing::warn!(error = %e, node = %node.0, "purging a dead peer failed"),
+        // A reading is timed when it arrives: a verdict can be off by one
+        // query's latency, which is small beside the timeout.
+        let (events, alive) = {
+            let mut m = cluster.membership.lock();
+            (m.on_reading(Instant::now(), &rows), m.alive())
+        };
+        for event in events {
+            match event {
+                MembershipEvent::Alive(node) => {
+                    tracing::info!(node = %node.0, "peer alive");
+                }
+                MembershipEvent::Drop(node) => {
+                    let dropped = location.remove_owner(&node);
+                    tracing::warn!(node = %node.0, dropped, "peer stopped heartbeating; its bindings dropped");
+                    metrics::counter!("tandem_cluster_peers_dead_total").increment(1);
+                    metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
+                }
+                MembershipEvent::Purge { node, beat } => {
+                    match cluster.db.purge_dead(&node, beat).await {
+                        // nothing to do: another peer claimed it, it beat again, or it
+                        // had no bindings
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(node = %node.0, purged = n, "dead peer's bindings purged")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, node = %node.0, "purging a dead peer failed")
+                        }
+                    }
+                }
             }
         }
         // Now and then, drop tombstones every other live node has applied; any
@@ -186,8 +203,6 @@ pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg
                 Err(e) => tracing::warn!(error = %e, "pruning tombstones failed"),
             }
         }
-        metrics::gauge!("tandem_cluster_peers_alive")
-            .set(peers.iter().filter(|p| !p.stale).count() as f64);
-        *cluster.peers.lock() = peers;
+        metrics::gauge!("tandem_cluster_peers_alive").set(alive as f64);
     }
 }

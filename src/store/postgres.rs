@@ -255,13 +255,14 @@ pub struct Change {
     pub deleted: bool,
 }
 
-/// A peer, as the nodes table lists it.
+/// A node, as the nodes table lists it: what it wrote, nothing judged in SQL
+/// (whether it is alive is `cluster::membership`'s call, by this node's clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub struct PeerRow {
     pub node: NodeId,
     pub sip_addr: String,
-    /// Its heartbeat is older than the timeout.
-    pub stale: bool,
+    /// Its heartbeat counter, incremented with every heartbeat.
+    pub beat: i64,
 }
 
 /// Membership and replication reads, on a small pool.
@@ -298,7 +299,8 @@ impl PgCluster {
         sqlx::query(
             "INSERT INTO nodes (node_id, sip_addr) VALUES ($1, $2)
              ON CONFLICT (node_id) DO UPDATE SET sip_addr = excluded.sip_addr,
-             started_at = now(), heartbeat_at = now(), alive = true, applied_seq = 0",
+             started_at = now(), heartbeat_at = now(), alive = true, applied_seq = 0,
+             beat = nodes.beat + 1",
         )
         .bind(&*self.node.0)
         .bind(sip_addr)
@@ -307,11 +309,12 @@ impl PgCluster {
         Ok(())
     }
 
-    /// This node is alive and has applied every change up to `applied`.
+    /// This node is alive and has applied every change up to `applied`. The
+    /// counter moves with every beat: its change is what peers watch.
     pub async fn heartbeat(&self, applied: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE nodes SET heartbeat_at = now(), alive = true, applied_seq = $2
-             WHERE node_id = $1",
+            "UPDATE nodes SET heartbeat_at = now(), beat = beat + 1, alive = true,
+             applied_seq = $2 WHERE node_id = $1",
         )
         .bind(&*self.node.0)
         .bind(applied)
@@ -395,40 +398,37 @@ impl PgCluster {
         Ok((changes, upto))
     }
 
-    /// The other nodes, each marked stale if its heartbeat is older than `timeout`
-    /// (by the database's clock, the one every heartbeat was written with).
-    pub async fn peers(&self, timeout: Duration) -> Result<Vec<Peer>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT node_id, sip_addr, heartbeat_at < now() - make_interval(secs => $2) AS stale
-             FROM nodes WHERE node_id <> $1",
-        )
-        .bind(&*self.node.0)
-        .bind(timeout.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
+    /// Every node's row, this node's included (membership ignores it).
+    pub async fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        let rows = sqlx::query("SELECT node_id, sip_addr, beat FROM nodes")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
-                Ok(Peer {
+                Ok(PeerRow {
                     node: NodeId(r.try_get::<String, _>("node_id")?.into()),
                     sip_addr: r.try_get("sip_addr")?,
-                    stale: r.try_get("stale")?,
+                    beat: r.try_get("beat")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
 
-    /// FIG. 4D: marks a stale node dead and tombstones its bindings, once: only
+    /// FIG. 4D: marks a dead node dead and tombstones its bindings, once: only
     /// the peer whose update flips `alive` purges; for everyone else (and for a
-    /// second call) this does nothing. Returns the bindings purged.
-    pub async fn purge_dead(&self, dead: &NodeId, timeout: Duration) -> Result<u64, StoreError> {
+    /// second call) this does nothing (the row lock makes a concurrent claimer
+    /// re-check `alive` after the winner commits). `beat` is the counter the
+    /// node was judged dead by: if it has moved since, the node beat again
+    /// (restarted, or only slow) and is left alone, so the claim is a
+    /// compare-and-set with no clock in it. Returns the bindings purged.
+    pub async fn purge_dead(&self, dead: &NodeId, beat: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
-            "UPDATE nodes SET alive = false WHERE node_id = $1 AND alive
-             AND heartbeat_at < now() - make_interval(secs => $2)",
+            "UPDATE nodes SET alive = false WHERE node_id = $1 AND alive AND beat = $2",
         )
         .bind(&*dead.0)
-        .bind(timeout.as_secs_f64())
+        .bind(beat)
         .execute(&mut *tx)
         .await?
         .rows_affected();
