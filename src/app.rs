@@ -155,7 +155,10 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
                 .unwrap_or_default();
             let (listener, upto) = cluster::join(&db, &advertise, &location).await?;
             metrics::gauge!("tandem_bindings_active").set(location.len() as f64);
-            let cluster = Arc::new(Cluster::new(db));
+            let cluster = Arc::new(Cluster::new(
+                db,
+                Duration::from_millis(cfg.cluster.node_timeout_ms),
+            ));
             tasks.push(tokio::spawn(cluster::replicate(
                 cluster.clone(),
                 listener,

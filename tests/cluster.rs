@@ -286,7 +286,7 @@ async fn purge_dead_claims_a_dead_node_once_and_only_by_the_beat_it_died_with() 
         cseq: 1,
         expires_at: tandem::location::now_ms() + 3_600_000,
         path: vec![],
-        source: "udp:127.0.0.1:9".into(),
+        source: "udp:127.0.0.1:9".parse().unwrap(),
         user_agent: None,
         owner: NodeId("x".into()),
         version: 1,

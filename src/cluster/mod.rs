@@ -40,8 +40,10 @@ impl Cluster {
     /// The timeout here is the default one: [`membership`] installs the one
     /// from `[cluster]` before its first reading (the node builds the `Cluster`
     /// before that task has its configuration), so this one never judges anyone.
-    pub fn new(db: PgCluster) -> Cluster {
-        let timeout = Duration::from_millis(ClusterConfig::default().node_timeout_ms);
+    /// `node_timeout`: a peer whose heartbeat counter has not moved for this long
+    /// (on this node's clock) is dead.
+    pub fn new(db: PgCluster, node_timeout: Duration) -> Cluster {
+        let timeout = node_timeout;
         Cluster {
             membership: Mutex::new(Membership::new(db.node().clone(), timeout)),
             db,
@@ -141,8 +143,6 @@ pub async fn replicate(
 /// shell around [`Membership`]: tick, heartbeat, read the nodes table, hand the
 /// reading over with the time it was taken, carry out the events.
 pub async fn membership(cluster: Arc<Cluster>, location: Arc<LocationTable>, cfg: ClusterConfig) {
-    let timeout = Duration::from_millis(cfg.node_timeout_ms);
-    *cluster.membership.lock() = Membership::new(cluster.db.node().clone(), timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let prune_every = Duration::from_secs(cfg.tombstone_prune_secs.max(1));
