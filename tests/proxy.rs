@@ -279,12 +279,21 @@ async fn failure_responses_reach_the_caller_and_unknown_users_get_404() {
 /// A node with one gateway group `pstn` of two gateways (named `first`, tried
 /// first, and `second`) on fresh sockets, and the route `9.!` to it.
 async fn two_gateway_node(first: &str, second: &str) -> (TestNode, UdpClient, UdpClient) {
+    two_gateway_node_with(first, second, "").await
+}
+
+/// [`two_gateway_node`] with more `[calls]` keys (`calls`, one per line).
+async fn two_gateway_node_with(
+    first: &str,
+    second: &str,
+    calls: &str,
+) -> (TestNode, UdpClient, UdpClient) {
     let gw1 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let gw2 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let extra = format!(
         "\n[[gateways]]\nname = \"{first}\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 1\n\
          [[gateways]]\nname = \"{second}\"\naddress = \"{}\"\ngroup = \"pstn\"\norder = 2\n\
-         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}",
+         [[routes]]\npattern = \"9.!\"\ngateway_group = \"pstn\"\n{OPEN_CALLS}{calls}",
         gw1.local_addr().unwrap(),
         gw2.local_addr().unwrap()
     );
@@ -403,18 +412,30 @@ async fn calls_from_local_users_are_challenged_with_407() {
 
 #[tokio::test]
 async fn gateway_that_stops_answering_options_is_skipped() {
-    let (n, silent, alive) = two_gateway_node("silent", "alive").await;
-    // the live gateway answers every OPTIONS; the silent one never does. After the
-    // probe timeout (5 s) the silent one is down.
-    let until = std::time::Instant::now() + Duration::from_secs(7);
+    // probes every 200 ms, silent for 600 ms means down (configured short, so the
+    // test waits for the state, not for a fixed interval)
+    let (n, silent, alive) = two_gateway_node_with(
+        "silent",
+        "alive",
+        "gateway_probe_interval_ms = 200\ngateway_probe_timeout_ms = 600\n",
+    )
+    .await;
+    // the live gateway answers every OPTIONS; the silent one never does
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = String::new();
+    let mut alive_probes = 0;
     while std::time::Instant::now() < until {
-        if let Some(m) = alive.recv(Duration::from_millis(200)).await {
+        if let Some(m) = alive.recv(Duration::from_millis(100)).await {
             if m.starts_with("OPTIONS") {
+                alive_probes += 1;
                 reply(&alive, &answer(&m, 200, "OK", "gw", "")).await;
             }
         }
+        metrics = http_get(n.admin(), "/metrics").await;
+        if metrics.contains("tandem_gateway_up{gateway=\"silent\"} 0") && alive_probes >= 3 {
+            break;
+        }
     }
-    let metrics = http_get(n.admin(), "/metrics").await;
     assert!(
         metrics.contains("tandem_gateway_up{gateway=\"silent\"} 0"),
         "{metrics}"
@@ -423,6 +444,8 @@ async fn gateway_that_stops_answering_options_is_skipped() {
         metrics.contains("tandem_gateway_up{gateway=\"alive\"} 1"),
         "{metrics}"
     );
+    // probed again and again, as configured
+    assert!(alive_probes >= 3, "{alive_probes} probes");
     let caller = UdpClient::new(n.udp()).await;
     let ruri = format!("sip:95550000@{}", n.udp());
     caller

@@ -161,10 +161,6 @@ impl Node {
                 parts.timers,
             )
         });
-        let poller = parts.poller.map(|mut p| {
-            p.set_local(local);
-            p
-        });
         Node {
             registrar: parts.registrar,
             admission: parts.admission,
@@ -185,7 +181,7 @@ impl Node {
             proxy_out: Mutex::new(()),
             flows: parts.flows,
             cluster: parts.cluster,
-            poller: Mutex::new(poller),
+            poller: Mutex::new(parts.poller),
         }
     }
 
@@ -612,12 +608,12 @@ impl Node {
                     return;
                 }
                 if let Some(p) = self.prober.lock().as_mut() {
-                    if p.on_response(Instant::now(), &resp, data) {
+                    if p.on_response(Instant::now(), &resp, data.clone()) {
                         return;
                     }
                 }
                 if let Some(p) = self.poller.lock().as_mut() {
-                    if p.on_response(&resp) {
+                    if p.on_response(Instant::now(), &resp, &data) {
                         return;
                     }
                 }

@@ -3,11 +3,10 @@
 //! down, and a down gateway is skipped by routing until it answers again. Sans-IO:
 //! time comes in as `now`, datagrams to send are polled.
 
-use crate::sip::message::{CSeq, HeaderName, Response, Via};
-use crate::sip::transaction::client::{ClientEvent, ClientNonInvite};
-use crate::sip::transaction::{Reliability, TimerConfig};
+use crate::sip::message::Response;
+use crate::sip::ping::{PingEvent, Pinger};
+use crate::sip::transaction::TimerConfig;
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,15 @@ struct Probe {
     addr: SocketAddr,
     up: bool,
     next_at: Instant,
-    seq: u32,
-    /// The OPTIONS in flight: its branch, transaction and answer deadline.
-    inflight: Option<(String, ClientNonInvite, Instant)>,
+    /// An OPTIONS is in flight (one at a time per gateway).
+    inflight: bool,
 }
 
 pub struct GatewayProber {
     probes: Vec<Probe>,
-    local: SocketAddr,
     interval: Duration,
-    timeout: Duration,
-    timers: TimerConfig,
-    out: VecDeque<(SocketAddr, Bytes)>,
-    salt: u64,
+    /// The wire part: OPTIONS out, retransmitted over UDP, answers matched.
+    pinger: Pinger<usize>,
 }
 
 impl GatewayProber {
@@ -49,21 +44,12 @@ impl GatewayProber {
                     addr: *addr,
                     up: true,
                     next_at: now,
-                    seq: 0,
-                    inflight: None,
+                    inflight: false,
                 })
                 .collect(),
-            local,
             interval,
-            timeout,
-            timers,
-            out: VecDeque::new(),
-            salt: rand::random(),
+            pinger: Pinger::new(local, timeout, Some(timers), "probe"),
         }
-    }
-
-    pub fn set_local(&mut self, local: SocketAddr) {
-        self.local = local;
     }
 
     pub fn is_up(&self, name: &str) -> bool {
@@ -79,99 +65,49 @@ impl GatewayProber {
     }
 
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
-        self.out.pop_front()
-    }
-
-    fn options(&self, p: &Probe, branch: &str) -> Bytes {
-        let local = self.local;
-        Bytes::from(format!(
-            "OPTIONS sip:{addr} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};rport;branch={branch}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:tandem@{local}>;tag=probe{salt:x}\r\n\
-             To: <sip:{addr}>\r\n\
-             Call-ID: probe-{salt:x}-{name}@{local}\r\n\
-             CSeq: {seq} OPTIONS\r\n\
-             Content-Length: 0\r\n\r\n",
-            addr = p.addr,
-            salt = self.salt,
-            name = p.name,
-            seq = p.seq,
-        ))
+        self.pinger.poll_transmit()
     }
 
     /// Starts due probes, retransmits, and marks silent gateways down.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.probes.len() {
-            let addr = self.probes[i].addr;
-            if let Some((_, tx, deadline)) = &mut self.probes[i].inflight {
-                tx.handle_timeout(now);
-                while let Some(b) = tx.poll_transmit() {
-                    self.out.push_back((addr, b));
-                }
-                if now >= *deadline {
-                    let p = &mut self.probes[i];
-                    if p.up {
-                        tracing::warn!(gateway = %p.name, addr = %p.addr, "gateway stopped answering OPTIONS");
-                    }
-                    p.up = false;
-                    p.inflight = None;
-                }
-            }
-            if self.probes[i].inflight.is_none() && now >= self.probes[i].next_at {
-                let branch = format!(
-                    "z9hG4bK-probe{:x}-{}-{}",
-                    self.salt & 0xffff,
-                    i,
-                    self.probes[i].seq + 1
-                );
-                self.probes[i].seq += 1;
-                self.probes[i].next_at = now + self.interval;
-                let bytes = self.options(&self.probes[i], &branch);
-                let mut tx = ClientNonInvite::new(now, Reliability::Unreliable, self.timers, bytes);
-                while let Some(b) = tx.poll_transmit() {
-                    self.out.push_back((self.probes[i].addr, b));
-                }
-                self.probes[i].inflight = Some((branch, tx, now + self.timeout));
+        self.pinger.handle_timeout(now);
+        self.take_events();
+        for (i, p) in self.probes.iter_mut().enumerate() {
+            if !p.inflight && now >= p.next_at {
+                p.next_at = now + self.interval;
+                p.inflight = true;
+                let uri = format!("sip:{}", p.addr);
+                self.pinger.ping(now, i, p.addr, &uri, &uri);
             }
         }
     }
 
     /// A response to one of our probes? Any final response means the gateway is up.
     pub fn on_response(&mut self, now: Instant, resp: &Response, bytes: Bytes) -> bool {
-        let branch = resp
-            .header(&HeaderName::Via)
-            .and_then(Via::parse_all)
-            .and_then(|v| v.into_iter().next())
-            .and_then(|v| v.branch().map(str::to_string));
-        let is_options = resp
-            .header(&HeaderName::CSeq)
-            .and_then(CSeq::parse)
-            .is_some_and(|c| c.method == "OPTIONS");
-        let (Some(branch), true) = (branch, is_options) else {
-            return false;
-        };
-        let Some(p) = self
-            .probes
-            .iter_mut()
-            .find(|p| p.inflight.as_ref().is_some_and(|(b, _, _)| *b == branch))
-        else {
-            return false;
-        };
-        if let Some((_, tx, _)) = &mut p.inflight {
-            let _ = tx.handle_response(now, resp.status, bytes);
-            while let Some(e) = tx.poll_event() {
-                if let ClientEvent::Final(..) = e {
-                    if !p.up {
-                        tracing::info!(gateway = %p.name, addr = %p.addr, "gateway answers OPTIONS again");
-                    }
-                    p.up = true;
-                    p.inflight = None;
-                    break;
+        let ours = self.pinger.on_response(now, resp, &bytes);
+        self.take_events();
+        ours
+    }
+
+    fn take_events(&mut self) {
+        while let Some(e) = self.pinger.poll_event() {
+            let (i, up) = match e {
+                PingEvent::Answered(i) => (i, true),
+                PingEvent::Unanswered(i) => (i, false),
+            };
+            let Some(p) = self.probes.get_mut(i) else {
+                continue;
+            };
+            p.inflight = false;
+            if p.up != up {
+                if up {
+                    tracing::info!(gateway = %p.name, addr = %p.addr, "gateway answers OPTIONS again");
+                } else {
+                    tracing::warn!(gateway = %p.name, addr = %p.addr, "gateway stopped answering OPTIONS");
                 }
             }
+            p.up = up;
         }
-        true
     }
 }
 

@@ -4,7 +4,8 @@
 //! everywhere). Any response counts as an answer: a phone that says 405 or 481 is
 //! alive. Sans-IO: time comes in as `now`, datagrams and deletions are polled.
 
-use crate::sip::message::{CSeq, HeaderName, Response, Via};
+use crate::sip::message::Response;
+use crate::sip::ping::{PingEvent, PingId, Pinger};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -20,25 +21,24 @@ pub struct PollTarget {
     pub dest: SocketAddr,
 }
 
+type EntryKey = (String, String);
+
 struct Entry {
     target: PollTarget,
     next_at: Instant,
     misses: u32,
-    /// The poll in flight: its branch and answer deadline.
-    inflight: Option<(String, Instant)>,
+    /// The poll in flight.
+    inflight: Option<PingId>,
 }
 
 pub struct ContactPoller {
-    local: SocketAddr,
     interval: Duration,
-    timeout: Duration,
     max_misses: u32,
-    entries: HashMap<(String, String), Entry>,
-    by_branch: HashMap<String, (String, String)>,
-    out: VecDeque<(SocketAddr, Bytes)>,
+    entries: HashMap<EntryKey, Entry>,
     gone: VecDeque<PollTarget>,
-    counter: u64,
-    salt: u32,
+    /// The wire part: OPTIONS out, answers matched. Sent once per poll, no
+    /// retransmission: a lost poll is a miss, and `max_misses` absorbs losses.
+    pinger: Pinger<EntryKey>,
 }
 
 impl ContactPoller {
@@ -49,21 +49,12 @@ impl ContactPoller {
         max_misses: u32,
     ) -> ContactPoller {
         ContactPoller {
-            local,
             interval,
-            timeout,
             max_misses: max_misses.max(1),
             entries: HashMap::new(),
-            by_branch: HashMap::new(),
-            out: VecDeque::new(),
             gone: VecDeque::new(),
-            counter: 0,
-            salt: rand::random(),
+            pinger: Pinger::new(local, timeout, None, "poll"),
         }
-    }
-
-    pub fn set_local(&mut self, local: SocketAddr) {
-        self.local = local;
     }
 
     /// The bindings to poll now: new ones are polled within an interval (spread
@@ -77,8 +68,8 @@ impl ContactPoller {
             let e = match self.entries.remove(&k) {
                 Some(e) if e.target == t => e,
                 old => {
-                    if let Some((b, _)) = old.and_then(|e| e.inflight) {
-                        self.by_branch.remove(&b);
+                    if let Some(id) = old.and_then(|e| e.inflight) {
+                        self.pinger.forget(&id);
                     }
                     Entry {
                         target: t,
@@ -91,8 +82,8 @@ impl ContactPoller {
             keep.insert(k, e);
         }
         for (_, e) in self.entries.drain() {
-            if let Some((b, _)) = e.inflight {
-                self.by_branch.remove(&b);
+            if let Some(id) = e.inflight {
+                self.pinger.forget(&id);
             }
         }
         self.entries = keep;
@@ -107,7 +98,7 @@ impl ContactPoller {
     }
 
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
-        self.out.pop_front()
+        self.pinger.poll_transmit()
     }
 
     /// A binding whose phone stopped answering: delete it.
@@ -115,98 +106,50 @@ impl ContactPoller {
         self.gone.pop_front()
     }
 
-    fn options(&self, t: &PollTarget, branch: &str, seq: u64) -> Bytes {
-        let local = self.local;
-        Bytes::from(format!(
-            "OPTIONS {contact} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};rport;branch={branch}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:tandem@{local}>;tag=poll{salt:x}\r\n\
-             To: <{aor}>\r\n\
-             Call-ID: poll-{salt:x}-{seq}@{local}\r\n\
-             CSeq: 1 OPTIONS\r\n\
-             Content-Length: 0\r\n\r\n",
-            contact = t.contact,
-            aor = t.aor,
-            salt = self.salt,
-        ))
-    }
-
     /// Starts due polls and counts the unanswered ones.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut gone = Vec::new();
-        let mut start = Vec::new();
+        self.pinger.handle_timeout(now);
+        self.take_events();
         for (k, e) in self.entries.iter_mut() {
-            if let Some((b, deadline)) = &e.inflight {
-                if now < *deadline {
-                    continue;
-                }
-                self.by_branch.remove(b);
-                e.inflight = None;
-                e.misses += 1;
-                if e.misses >= self.max_misses {
-                    gone.push(k.clone());
-                    continue;
-                }
+            if e.inflight.is_none() && now >= e.next_at {
+                e.next_at = now + self.interval;
+                let t = &e.target;
+                e.inflight = Some(self.pinger.ping(now, k.clone(), t.dest, &t.contact, &t.aor));
             }
-            if now >= e.next_at {
-                start.push(k.clone());
-            }
-        }
-        for k in gone {
-            if let Some(e) = self.entries.remove(&k) {
-                self.gone.push_back(e.target);
-            }
-        }
-        for k in start {
-            self.counter += 1;
-            let seq = self.counter;
-            let branch = format!("z9hG4bK-poll{:x}-{seq}", self.salt);
-            let Some(e) = self.entries.get(&k) else {
-                continue;
-            };
-            let bytes = self.options(&e.target, &branch, seq);
-            let dest = e.target.dest;
-            let e = self.entries.get_mut(&k).expect("present");
-            e.next_at = now + self.interval;
-            e.inflight = Some((branch.clone(), now + self.timeout));
-            self.by_branch.insert(branch, k);
-            self.out.push_back((dest, bytes));
         }
     }
 
     /// A response to one of our polls? The phone is alive.
-    pub fn on_response(&mut self, resp: &Response) -> bool {
-        let is_options = resp
-            .header(&HeaderName::CSeq)
-            .and_then(CSeq::parse)
-            .is_some_and(|c| c.method == "OPTIONS");
-        if !is_options || resp.status < 200 {
-            return is_options && self.is_ours(resp);
-        }
-        let Some(branch) = branch_of(resp) else {
-            return false;
-        };
-        let Some(k) = self.by_branch.remove(&branch) else {
-            return false;
-        };
-        if let Some(e) = self.entries.get_mut(&k) {
-            e.inflight = None;
-            e.misses = 0;
-        }
-        true
+    pub fn on_response(&mut self, now: Instant, resp: &Response, bytes: &Bytes) -> bool {
+        let ours = self.pinger.on_response(now, resp, bytes);
+        self.take_events();
+        ours
     }
 
-    fn is_ours(&self, resp: &Response) -> bool {
-        branch_of(resp).is_some_and(|b| self.by_branch.contains_key(&b))
+    fn take_events(&mut self) {
+        while let Some(event) = self.pinger.poll_event() {
+            match event {
+                PingEvent::Answered(k) => {
+                    if let Some(e) = self.entries.get_mut(&k) {
+                        e.inflight = None;
+                        e.misses = 0;
+                    }
+                }
+                PingEvent::Unanswered(k) => {
+                    let Some(e) = self.entries.get_mut(&k) else {
+                        continue;
+                    };
+                    e.inflight = None;
+                    e.misses += 1;
+                    if e.misses >= self.max_misses {
+                        if let Some(e) = self.entries.remove(&k) {
+                            self.gone.push_back(e.target);
+                        }
+                    }
+                }
+            }
+        }
     }
-}
-
-fn branch_of(resp: &Response) -> Option<String> {
-    resp.header(&HeaderName::Via)
-        .and_then(Via::parse_all)
-        .and_then(|v| v.into_iter().next())
-        .and_then(|v| v.branch().map(str::to_string))
 }
 
 #[cfg(test)]
@@ -246,7 +189,8 @@ mod tests {
                 assert!(req.starts_with(b"OPTIONS sip:"));
                 if dest.port() == 5001 {
                     // any final answer counts, even 405
-                    assert!(p.on_response(&answer(&req, 405)));
+                    let r = answer(&req, 405);
+                    assert!(p.on_response(t, &r, &r.to_bytes()));
                 }
             }
             t += 3 * sec; // past the answer deadline
@@ -275,6 +219,7 @@ mod tests {
         p.handle_timeout(t0 + 7 * sec); // one miss of the new binding
         assert!(p.poll_gone().is_none());
         // the old poll's late answer matches nothing any more
-        assert!(!p.on_response(&answer(&req, 200)));
+        let r = answer(&req, 200);
+        assert!(!p.on_response(t0, &r, &r.to_bytes()));
     }
 }

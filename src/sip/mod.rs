@@ -4,5 +4,6 @@
 pub mod auth;
 pub mod authenticator;
 pub mod message;
+pub mod ping;
 pub mod transaction;
 pub mod transport;
