@@ -349,8 +349,10 @@ async fn a_joining_node_gets_the_snapshot_then_live_changes() {
     // the snapshot is loaded before start() returns
     assert_eq!(table(&c).len(), 50);
     let _late = register_at(&a, "late", 3600, "").await;
-    eventually("a registration after the join reaches C", || {
-        table(&c).len() == 51
+    // (B is waited for too: it learns the change through the same replication,
+    // and comparing its table before it did raced under load)
+    eventually("a registration after the join reaches C and B", || {
+        table(&c).len() == 51 && table(&b).len() == 51
     })
     .await;
     assert_eq!(table(&c), table(&a));

@@ -6,7 +6,6 @@ mod uas;
 
 use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::cluster::Cluster;
-use crate::location::now_ms;
 use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
 use crate::proxy::probe::GatewayProber;
@@ -91,6 +90,34 @@ pub struct Routing {
     pub probe_timeout: Duration,
 }
 
+/// The one clock reading an event is handled with (a message's arrival, a timer
+/// tick, a commit's completion): every state machine and table the event touches
+/// sees the same instant, and the node reads the clock once per event.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For timers (monotonic).
+    pub at: Instant,
+    /// For what is recorded or compared across nodes (expiry, the call table).
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// `wall` in Unix milliseconds, as the location table keeps time.
+    pub fn unix_ms(&self) -> crate::location::UnixMs {
+        self.wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
 /// The transports' handler: a cheap clone of the node.
 #[derive(Clone)]
 pub struct NodeHandle(pub Arc<Node>);
@@ -119,14 +146,6 @@ fn method_label(m: &Method) -> &'static str {
         Method::Message => "MESSAGE",
         Method::Publish => "PUBLISH",
         Method::Extension(_) => "other",
-    }
-}
-
-/// Where a request came from, for the proxy (the caller's side of a dialog).
-fn inbound(src: &Source) -> Hop {
-    Hop {
-        transport: src.protocol,
-        addr: src.peer,
     }
 }
 
@@ -189,6 +208,7 @@ impl Node {
     /// the location table (run every few seconds, not per tick: it walks the
     /// whole table). `flow_close` says whether closed flows unregister.
     pub fn refresh_polls(&self, flow_close: bool) {
+        let now = Now::read();
         let me = self.registrar.node_id().clone();
         let mut targets = Vec::new();
         let mut closed = Vec::new();
@@ -218,7 +238,7 @@ impl Node {
             }
         }
         if let Some(p) = self.poller.lock().as_mut() {
-            p.sync(Instant::now(), targets);
+            p.sync(now.at, targets);
         }
         metrics::gauge!("tandem_bindings_active").set(self.registrar.location().len() as f64);
     }
@@ -237,16 +257,16 @@ impl Node {
     }
 
     /// Cancels a proxied INVITE; false if `invite` is not being proxied.
-    pub(crate) fn proxy_cancel(&self, invite: &TxKey) -> bool {
-        let ours = self.proxy.lock().cancel(Instant::now(), invite);
+    pub(crate) fn proxy_cancel(&self, now: Now, invite: &TxKey) -> bool {
+        let ours = self.proxy.lock().cancel(now.at, invite);
         if ours {
-            self.run_proxy_actions();
+            self.run_proxy_actions(now);
         }
         ours
     }
 
     /// Carries out what the proxy asked for.
-    fn run_proxy_actions(&self) {
+    fn run_proxy_actions(&self, now: Now) {
         let _in_order = self.proxy_out.lock();
         // carrying out an action may give the proxy more to do (a retry)
         loop {
@@ -257,11 +277,11 @@ impl Node {
             if actions.is_empty() {
                 break;
             }
-            self.carry_out(actions);
+            self.carry_out(now, actions);
         }
     }
 
-    fn carry_out(&self, actions: Vec<Action>) {
+    fn carry_out(&self, now: Now, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Send {
@@ -286,12 +306,10 @@ impl Node {
                     status,
                     bytes,
                 } => {
-                    let sent = self.transactions.lock().send_response(
-                        Instant::now(),
-                        &server,
-                        status,
-                        bytes,
-                    );
+                    let sent = self
+                        .transactions
+                        .lock()
+                        .send_response(now.at, &server, status, bytes);
                     metrics::counter!("tandem_sip_responses_total", "method" => if server.is_invite() { "INVITE" } else { "other" }, "status" => status_label(status)).increment(1);
                     match sent {
                         Ok(b) => {
@@ -313,7 +331,7 @@ impl Node {
                     };
                     let where_to = target.dest.to_string();
                     self.calls.lock().on_answered(
-                        SystemTime::now(),
+                        now.wall,
                         &key,
                         &to_tag,
                         &where_to,
@@ -327,7 +345,7 @@ impl Node {
                     };
                     self.calls
                         .lock()
-                        .on_provisional(SystemTime::now(), &key, to_tag.as_deref());
+                        .on_provisional(now.wall, &key, to_tag.as_deref());
                 }
                 Action::Failed {
                     call,
@@ -340,14 +358,14 @@ impl Node {
                     };
                     let mut calls = self.calls.lock();
                     if cancelled {
-                        calls.on_cancelled(SystemTime::now(), &key);
+                        calls.on_cancelled(now.wall, &key);
                     } else {
                         let reason = if status == 408 {
                             EndReason::Timeout
                         } else {
                             EndReason::Rejected
                         };
-                        calls.on_failed(SystemTime::now(), &key, status, reason);
+                        calls.on_failed(now.wall, &key, status, reason);
                     }
                 }
                 Action::PeerHasNoBinding { server, peer, uri } => {
@@ -365,30 +383,28 @@ impl Node {
                                 .increment(n as u64);
                         }
                         retry = targets::peer_targets(
-                            &location.lookup(&aor, now_ms()),
+                            &location.lookup(&aor, now.unix_ms()),
                             &uri,
                             self.registrar.node_id(),
-                            &self.reach(),
+                            &self.reach(now),
                         );
                     }
-                    self.proxy
-                        .lock()
-                        .retry_after_stale(Instant::now(), &server, retry);
+                    self.proxy.lock().retry_after_stale(now.at, &server, retry);
                 }
             }
         }
     }
 
     /// The node's tables as target resolution sees them.
-    fn reach(&self) -> NodeReach<'_> {
+    fn reach(&self, now: Now) -> NodeReach<'_> {
         NodeReach {
             node: self,
-            now: now_ms(),
+            now: now.unix_ms(),
         }
     }
 
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
-    fn forward(&self, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
+    fn forward(&self, now: Now, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
         // RFC 3261 §22.3: local users' calls are authenticated (407); gateways and
         // trusted addresses are not challenged.
         // A request from another node of the cluster is for a phone registered
@@ -405,12 +421,12 @@ impl Node {
                 .from()
                 .and_then(|f| f.uri.user_unescaped())
                 .unwrap_or_default();
-            let checked =
-                self.registrar
-                    .authenticator()
-                    .check(&req, Role::Proxy, &user, Instant::now());
+            let checked = self
+                .registrar
+                .authenticator()
+                .check(&req, Role::Proxy, &user, now.at);
             if let Err(denied) = checked {
-                return self.respond(&key, &req, src, dest, denied.into_response());
+                return self.respond(now, &key, &req, src, dest, denied.into_response());
             }
         }
         let me = Me {
@@ -422,14 +438,14 @@ impl Node {
             from_peer.is_some(),
             &me,
             &self.routing.routes,
-            &self.reach(),
+            &self.reach(now),
         ) {
             Resolved::Plan(plan) if self.outbound.is_some() => plan,
             // RFC 3261 §16.5: unknown → 404; a known user with no way to it → 480.
             other => {
                 let status = other.status().unwrap_or(480);
                 let r = response_to(&req, status, Some(&new_tag()));
-                return self.respond(&key, &req, src, dest, r);
+                return self.respond(now, &key, &req, src, dest, r);
             }
         };
         if req.method == Method::Invite {
@@ -442,18 +458,18 @@ impl Node {
                 .map(|f| f.uri.as_str().to_string())
                 .unwrap_or_default();
             let mut calls = self.calls.lock();
-            if !calls.on_invite(SystemTime::now(), call.clone(), &caller, req.uri.as_str())
+            if !calls.on_invite(now.wall, call.clone(), &caller, req.uri.as_str())
                 && calls.get(&call).is_none()
             {
                 // the call-state table is full of live calls
                 drop(calls);
                 let r = response_to(&req, 503, Some(&new_tag()));
-                return self.respond(&key, &req, src, dest, r);
+                return self.respond(now, &key, &req, src, dest, r);
             }
         }
         self.invite_targets
             .lock()
-            .insert(key.clone(), (src.reply.clone(), dest));
+            .insert(now.at, key.clone(), (src.reply.clone(), dest));
         // Dialog-creating requests are record-routed so the dialog passes through.
         let record_route = matches!(
             req.method,
@@ -461,14 +477,15 @@ impl Node {
         );
         self.proxy
             .lock()
-            .forward(Instant::now(), key, req, plan, record_route, inbound(src));
-        self.run_proxy_actions();
+            .forward(now.at, key, req, plan, record_route, src.flow());
+        self.run_proxy_actions(now);
     }
 
     /// A request inside a record-routed dialog (§16.4, §16.12): pop our Route and
     /// send it on to the next Route or the Request-URI.
     fn forward_in_dialog(
         &self,
+        now: Now,
         key: Option<TxKey>,
         mut req: Request,
         src: &Source,
@@ -492,7 +509,7 @@ impl Node {
                 from_tag: req.from().and_then(|f| f.tag()).unwrap_or("").to_string(),
                 to_tag: req.to().and_then(|t| t.tag()).unwrap_or("").to_string(),
             };
-            self.calls.lock().on_bye(SystemTime::now(), &id);
+            self.calls.lock().on_bye(now.wall, &id);
         }
         let next_route = req
             .headers
@@ -500,16 +517,16 @@ impl Node {
             .and_then(|r| crate::sip::message::NameAddr::parse(r).map(|n| n.uri));
         if let (None, Some(peer)) = (&next_route, flow) {
             let hop = Hop {
-                transport: Protocol::Tcp,
+                protocol: Protocol::Tcp,
                 addr: peer,
             };
             if self.flows.is_open(peer) {
-                return self.forward_in_dialog_to(key, req, src, dest, hop);
+                return self.forward_in_dialog_to(now, key, req, src, dest, hop);
             }
             // RFC 5626 §5.3: the flow the dialog used is gone.
             if let Some(key) = key {
                 let r = response_to(&req, 430, Some(&new_tag()));
-                self.respond(&key, &req, src, dest, r);
+                self.respond(now, &key, &req, src, dest, r);
             }
             return;
         }
@@ -522,21 +539,22 @@ impl Node {
         else {
             if let Some(key) = key {
                 let r = response_to(&req, 404, Some(&new_tag()));
-                self.respond(&key, &req, src, dest, r);
+                self.respond(now, &key, &req, src, dest, r);
             }
             return;
         };
         let hop = Hop {
-            transport: Protocol::Udp,
+            protocol: Protocol::Udp,
             addr: next_hop,
         };
-        self.forward_in_dialog_to(key, req, src, dest, hop);
+        self.forward_in_dialog_to(now, key, req, src, dest, hop);
     }
 
     /// Sends an in-dialog request on to `next`: an ACK statelessly, anything
     /// else through the stateful proxy.
     fn forward_in_dialog_to(
         &self,
+        now: Now,
         key: Option<TxKey>,
         req: Request,
         src: &Source,
@@ -548,25 +566,25 @@ impl Node {
             Some(key) => {
                 self.invite_targets
                     .lock()
-                    .insert(key.clone(), (src.reply.clone(), dest));
+                    .insert(now.at, key.clone(), (src.reply.clone(), dest));
                 let target = Target {
                     uri: req.uri.as_str().to_string(),
                     dest: next.addr,
-                    transport: next.transport,
+                    transport: next.protocol,
                     gateway: None,
                     peer: None,
                 };
                 self.proxy.lock().forward(
-                    Instant::now(),
+                    now.at,
                     key,
                     req,
                     Plan::Parallel(vec![target]),
                     false,
-                    inbound(src),
+                    src.flow(),
                 );
             }
         }
-        self.run_proxy_actions();
+        self.run_proxy_actions(now);
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -579,6 +597,8 @@ impl Node {
 
     /// Entry point for every framed message. Never panics on wire input.
     pub fn handle(&self, this: &Arc<Node>, data: Bytes, src: Source) {
+        // the one clock reading this message is handled with
+        let now = Now::read();
         let msg = match parse(&data) {
             Ok(m) => m,
             Err(e) => {
@@ -597,23 +617,19 @@ impl Node {
             }
         };
         match msg {
-            Message::Request(req) => self.handle_request(this, req, src),
+            Message::Request(req) => self.handle_request(now, this, req, src),
             Message::Response(resp) => {
-                if self
-                    .proxy
-                    .lock()
-                    .on_response(Instant::now(), &resp, data.clone())
-                {
-                    self.run_proxy_actions();
+                if self.proxy.lock().on_response(now.at, &resp, data.clone()) {
+                    self.run_proxy_actions(now);
                     return;
                 }
                 if let Some(p) = self.prober.lock().as_mut() {
-                    if p.on_response(Instant::now(), &resp, data.clone()) {
+                    if p.on_response(now.at, &resp, data.clone()) {
                         return;
                     }
                 }
                 if let Some(p) = self.poller.lock().as_mut() {
-                    if p.on_response(Instant::now(), &resp, &data) {
+                    if p.on_response(now.at, &resp, &data) {
                         return;
                     }
                 }
@@ -626,7 +642,7 @@ impl Node {
     }
 
     #[instrument(level = "debug", skip_all, fields(method = %req.method, source = %src))]
-    fn handle_request(&self, this: &Arc<Node>, mut req: Request, src: Source) {
+    fn handle_request(&self, now: Now, this: &Arc<Node>, mut req: Request, src: Source) {
         metrics::counter!("tandem_sip_requests_total", "method" => method_label(&req.method))
             .increment(1);
         let Some(via) = stamp_via(&mut req, src.peer) else {
@@ -650,7 +666,6 @@ impl Node {
             }
             return;
         }
-        let now = Instant::now();
         let reliability = if src.protocol.is_reliable() {
             Reliability::Reliable
         } else {
@@ -661,12 +676,12 @@ impl Node {
             // (§17.2.3); an ACK for a 2xx goes end to end along the route set
             // (§16.11: forwarded statelessly), or is dropped if it is not ours.
             let key = TxKey::for_request(&req, &via, "INVITE");
-            if self.transactions.lock().handle_ack(now, &key) {
+            if self.transactions.lock().handle_ack(now.at, &key) {
                 return;
             }
             let top_route = req.headers.first_value(&HeaderName::Route);
             if top_route.is_some_and(|r| self.proxy_owns_route(r)) {
-                self.forward_in_dialog(None, req, &src, dest);
+                self.forward_in_dialog(now, None, req, &src, dest);
             }
             return;
         }
@@ -675,10 +690,10 @@ impl Node {
             _ => (TransactionKind::NonInvite, req.method.as_str()),
         };
         let key = TxKey::for_request(&req, &via, method);
-        let outcome = self
-            .transactions
-            .lock()
-            .handle_request(now, key.clone(), kind, reliability);
+        let outcome =
+            self.transactions
+                .lock()
+                .handle_request(now.at, key.clone(), kind, reliability);
         match outcome {
             RequestOutcome::Retransmission { resend } => {
                 metrics::counter!("tandem_sip_retransmissions_total", "method" => method_label(&req.method)).increment(1);
@@ -698,26 +713,34 @@ impl Node {
         if kind == TransactionKind::Invite && !src.protocol.is_reliable() {
             self.invite_targets
                 .lock()
-                .insert(key.clone(), (src.reply.clone(), dest));
+                .insert(now.at, key.clone(), (src.reply.clone(), dest));
         }
         match uas::route(&req, |r| self.proxy_owns_route(r)) {
-            uas::Route::Respond(r) => self.respond(&key, &req, &src, dest, r),
+            uas::Route::Respond(r) => self.respond(now, &key, &req, &src, dest, r),
             uas::Route::Cancel { invite } => {
                 // §16.10: a CANCEL for an INVITE being proxied cancels its
                 // branches (their 487s make the INVITE's final answer); an INVITE
                 // answered here already has its final answer, so 200 suffices.
                 let known =
-                    self.proxy_cancel(&invite) || self.transactions.lock().contains(&invite);
+                    self.proxy_cancel(now, &invite) || self.transactions.lock().contains(&invite);
                 let r = response_to(&req, if known { 200 } else { 481 }, Some(&new_tag()));
-                self.respond(&key, &req, &src, dest, r)
+                self.respond(now, &key, &req, &src, dest, r)
             }
-            uas::Route::Register => self.register(this, key, req, src, dest),
-            uas::Route::Forward => self.forward(key, req, &src, dest),
-            uas::Route::InDialog => self.forward_in_dialog(Some(key), req, &src, dest),
+            uas::Route::Register => self.register(now, this, key, req, src, dest),
+            uas::Route::Forward => self.forward(now, key, req, &src, dest),
+            uas::Route::InDialog => self.forward_in_dialog(now, Some(key), req, &src, dest),
         }
     }
 
-    fn register(&self, this: &Arc<Node>, key: TxKey, req: Request, src: Source, dest: SocketAddr) {
+    fn register(
+        &self,
+        now: Now,
+        this: &Arc<Node>,
+        key: TxKey,
+        req: Request,
+        src: Source,
+        dest: SocketAddr,
+    ) {
         let aor = req.to().map(|t| t.uri.aor_key()).unwrap_or_default();
         match self.admission.admit(&RegisterAttempt {
             aor: &aor,
@@ -729,14 +752,14 @@ impl Node {
                 r.headers
                     .push(HeaderName::RetryAfter, retry_after_secs.to_string());
                 metrics::counter!("tandem_register_total", "outcome" => "denied").increment(1);
-                return self.respond(&key, &req, &src, dest, r);
+                return self.respond(now, &key, &req, &src, dest, r);
             }
         }
         match self
             .registrar
-            .handle(&req, src.flow(), Instant::now(), now_ms())
+            .handle(&req, src.flow(), now.at, now.unix_ms())
         {
-            Outcome::Respond(r) => self.respond(&key, &req, &src, dest, r),
+            Outcome::Respond(r) => self.respond(now, &key, &req, &src, dest, r),
             Outcome::AfterCommit(r, commit) => {
                 let this = this.clone();
                 commit.then(move |result| {
@@ -749,20 +772,28 @@ impl Node {
                             response_to(&req, 500, Some(&new_tag()))
                         }
                     };
-                    this.respond(&key, &req, &src, dest, r);
+                    this.respond(Now::read(), &key, &req, &src, dest, r);
                 });
             }
         }
     }
 
     /// Sends a response through the request's server transaction.
-    fn respond(&self, key: &TxKey, req: &Request, src: &Source, dest: SocketAddr, resp: Response) {
+    fn respond(
+        &self,
+        now: Now,
+        key: &TxKey,
+        req: &Request,
+        src: &Source,
+        dest: SocketAddr,
+        resp: Response,
+    ) {
         metrics::counter!("tandem_sip_responses_total", "method" => method_label(&req.method), "status" => status_label(resp.status)).increment(1);
         let bytes = resp.to_bytes();
         let sent = self
             .transactions
             .lock()
-            .send_response(Instant::now(), key, resp.status, bytes);
+            .send_response(now.at, key, resp.status, bytes);
         match sent {
             Ok(b) => src.reply.send(dest, b),
             Err(e) => debug!(error = %e, "response not sent through transaction"),
@@ -776,17 +807,18 @@ impl Node {
 
     /// Runs due transaction timers (Timer G retransmissions, H, I, J expiry).
     pub fn on_tick(&self) {
+        let now = Now::read();
         {
             let mut p = self.proxy.lock();
-            if p.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-                p.handle_timeout(Instant::now());
+            if p.poll_timeout().is_some_and(|t| t <= now.at) {
+                p.handle_timeout(now.at);
             }
             metrics::gauge!("tandem_proxy_contexts").set(p.active() as f64);
         }
-        self.run_proxy_actions();
+        self.run_proxy_actions(now);
         let probes: Vec<(SocketAddr, Bytes)> = match self.prober.lock().as_mut() {
             Some(p) => {
-                p.handle_timeout(Instant::now());
+                p.handle_timeout(now.at);
                 for (name, up) in p.states() {
                     metrics::gauge!("tandem_gateway_up", "gateway" => name).set(if up {
                         1.0
@@ -801,7 +833,7 @@ impl Node {
         let mut gone = Vec::new();
         let polls: Vec<(SocketAddr, Bytes)> = match self.poller.lock().as_mut() {
             Some(p) => {
-                p.handle_timeout(Instant::now());
+                p.handle_timeout(now.at);
                 gone.extend(std::iter::from_fn(|| p.poll_gone()));
                 std::iter::from_fn(|| p.poll_transmit()).collect()
             }
@@ -824,7 +856,7 @@ impl Node {
         let mut out = Vec::new();
         {
             let mut t = self.transactions.lock();
-            out.extend(t.handle_timeout(Instant::now()));
+            out.extend(t.handle_timeout(now.at));
             metrics::gauge!("tandem_transactions_active").set(t.len() as f64);
         }
         let mut targets = self.invite_targets.lock();
@@ -843,7 +875,7 @@ impl Node {
         // Entries whose transaction ended are dropped once they are old enough to
         // be worth checking: no scan of the whole map per tick.
         let t = self.transactions.lock();
-        targets.expire(Instant::now(), |k| t.contains(k));
+        targets.expire(now.at, |k| t.contains(k));
     }
 }
 
@@ -905,9 +937,9 @@ impl ReplyTargets {
     /// checked again one period later (an INVITE may ring for minutes).
     const CHECK_AFTER: Duration = Duration::from_secs(40);
 
-    fn insert(&mut self, key: TxKey, target: (Replier, SocketAddr)) {
+    fn insert(&mut self, now: Instant, key: TxKey, target: (Replier, SocketAddr)) {
         if self.map.insert(key.clone(), target).is_none() {
-            self.order.push_back((Instant::now(), key));
+            self.order.push_back((now, key));
         }
     }
 

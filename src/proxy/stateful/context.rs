@@ -144,7 +144,7 @@ mod tests {
             panic!()
         };
         let inbound = Hop {
-            transport: Protocol::Udp,
+            protocol: Protocol::Udp,
             addr: "10.0.0.1:5060".parse().unwrap(),
         };
         Context::new(req, VecDeque::new(), false, inbound)

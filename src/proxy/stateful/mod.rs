@@ -51,12 +51,9 @@ pub struct Target {
 }
 
 /// Where a request came from or goes to: the transport and the peer's address
-/// (for TCP, the connection from that address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hop {
-    pub transport: Protocol,
-    pub addr: SocketAddr,
-}
+/// (for TCP, the connection from that address). The same value type the
+/// transports report a message's source with.
+pub use crate::sip::transport::Flow as Hop;
 
 /// How the targets of one request are tried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +230,7 @@ impl Proxy {
         decrement_max_forwards(&mut req);
         if ctx.record_route {
             let outbound = Hop {
-                transport: target.transport,
+                protocol: target.transport,
                 addr: target.dest,
             };
             let values = self.record_route_values(ctx.inbound, outbound);
@@ -297,11 +294,11 @@ impl Proxy {
         push_on_top(
             &mut req,
             HeaderName::Via,
-            vec![self.via_value(next.transport, &branch)],
+            vec![self.via_value(next.protocol, &branch)],
         );
         self.actions.push_back(Action::Send {
             to: next.addr,
-            transport: next.transport,
+            transport: next.protocol,
             bytes: req.to_bytes(),
         });
     }

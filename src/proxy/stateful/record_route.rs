@@ -21,7 +21,7 @@ impl Proxy {
     /// that side's connection (a flow token, RFC 5626 §5.3) so requests towards
     /// it reuse the flow.
     fn route_uri(&self, side: Hop) -> String {
-        match side.transport {
+        match side.protocol {
             Protocol::Udp => format!("<sip:{};lr>", self.cfg.local),
             Protocol::Tcp => format!(
                 "<sip:{}@{};transport=tcp;lr>",
@@ -36,7 +36,7 @@ impl Proxy {
     /// entry. Otherwise two (RFC 5658 §3.2 double record-routing): the callee sees
     /// the first, the caller the second, each naming its own side.
     pub(super) fn record_route_values(&self, inbound: Hop, outbound: Hop) -> Vec<String> {
-        if inbound.transport == Protocol::Udp && outbound.transport == Protocol::Udp {
+        if inbound.protocol == Protocol::Udp && outbound.protocol == Protocol::Udp {
             vec![self.route_uri(outbound)]
         } else {
             vec![self.route_uri(outbound), self.route_uri(inbound)]
@@ -78,7 +78,7 @@ mod tests {
 
     fn hop(transport: Protocol, addr: &str) -> Hop {
         Hop {
-            transport,
+            protocol: transport,
             addr: addr.parse().unwrap(),
         }
     }

@@ -61,7 +61,7 @@ fn peer(n: u8) -> Target {
 
 fn caller() -> Hop {
     Hop {
-        transport: Protocol::Udp,
+        protocol: Protocol::Udp,
         addr: CALLER.parse().unwrap(),
     }
 }
