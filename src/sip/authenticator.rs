@@ -226,8 +226,14 @@ mod tests {
         )
     }
 
-    fn nonce_of(r: &Response, header: &HeaderName) -> String {
-        let v = r.headers.get_all(header).next().unwrap();
+    /// The nonce of a fresh challenge to an unsigned `method` request.
+    fn fresh_nonce(a: &Authenticator, method: &str, role: Role, now: Instant) -> String {
+        let r = a
+            .check(&req(method, ""), role, "alice", now)
+            .unwrap_err()
+            .into_response();
+        let header = role.challenge().1;
+        let v = r.headers.get_all(&header).next().unwrap();
         let i = v.find("nonce=\"").unwrap() + 7;
         v[i..i + v[i..].find('"').unwrap()].to_string()
     }
@@ -259,11 +265,7 @@ mod tests {
     fn valid_credentials_pass_once_and_a_replay_is_challenged() {
         let now = Instant::now();
         let a = authenticator(now);
-        let r = a
-            .check(&req("INVITE", ""), Role::Proxy, "alice", now)
-            .unwrap_err()
-            .into_response();
-        let nonce = nonce_of(&r, &HeaderName::ProxyAuthenticate);
+        let nonce = fresh_nonce(&a, "INVITE", Role::Proxy, now);
         let signed = req(
             "INVITE",
             &credentials("Proxy-Authorization", "INVITE", &nonce, "secret"),
@@ -286,11 +288,7 @@ mod tests {
     fn wrong_password_or_user_is_challenged_and_a_bad_header_is_400() {
         let now = Instant::now();
         let a = authenticator(now);
-        let r = a
-            .check(&req("REGISTER", ""), Role::Registrar, "alice", now)
-            .unwrap_err()
-            .into_response();
-        let nonce = nonce_of(&r, &HeaderName::WwwAuthenticate);
+        let nonce = fresh_nonce(&a, "REGISTER", Role::Registrar, now);
         let bad = req(
             "REGISTER",
             &credentials("Authorization", "REGISTER", &nonce, "wrong"),
@@ -316,11 +314,7 @@ mod tests {
     fn a_correct_digest_over_an_expired_nonce_is_told_stale() {
         let now = Instant::now();
         let a = authenticator(now);
-        let r = a
-            .check(&req("REGISTER", ""), Role::Registrar, "alice", now)
-            .unwrap_err()
-            .into_response();
-        let nonce = nonce_of(&r, &HeaderName::WwwAuthenticate);
+        let nonce = fresh_nonce(&a, "REGISTER", Role::Registrar, now);
         let signed = req(
             "REGISTER",
             &credentials("Authorization", "REGISTER", &nonce, "secret"),
