@@ -1,6 +1,26 @@
-//! Seed 002's REGISTER front end. For now every REGISTER is admitted; the token
-//! issue replaces [`AdmitAll`] with load-based tokens and a priority queue. The seam
-//! is here so the registrar never changes when it does.
+//! Seed 002's REGISTER front end. For now the node admits every REGISTER through
+//! [`AdmitAll`]; the pure core that replaces it is here, not yet wired:
+//!
+//! - `classify`: FIG. 6, the three priorities of a REGISTER;
+//! - `tokens`: token information 64, explicit and implicit tokens;
+//! - `load`: FIG. 5 step 102, the service rate and the projected wait;
+//! - `schedule`: staggered retry times, spaced at the service rate;
+//! - `queue`: registration queue 62, bounded, by class, with aging;
+//! - `front`: [`Front`], which composes them.
+//!
+//! The seam is here so the registrar never changes when it is wired.
+
+pub mod classify;
+pub mod front;
+pub mod load;
+pub mod queue;
+pub mod schedule;
+pub mod tokens;
+
+pub use classify::{Basis, Classification, IpNetwork, PriorityRules, RegisterFacts};
+pub use front::{AdmissionConfig, Expired, Front, Snapshot, TokenVerdict, Verdict};
+pub use queue::{Capacity, Dequeued};
+pub use tokens::RegistrationToken;
 
 use std::net::SocketAddr;
 
