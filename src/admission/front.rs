@@ -299,3 +299,247 @@ impl<T> Front<T> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+    use RegistrationClass::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// 10 registrations a second, a 2 s target, no jitter: exact slots.
+    fn config() -> AdmissionConfig {
+        AdmissionConfig {
+            rules: PriorityRules {
+                aors: ["sip:gw@h".to_string()].into(),
+                ..PriorityRules::default()
+            },
+            capacity: Capacity {
+                priority: 2,
+                token: 2,
+                initial: 100,
+            },
+            token_timeout: secs(30),
+            implicit_window: secs(20),
+            initial_rate: 10.0,
+            rate_alpha: 1.0,
+            jitter: 0.0,
+            ..AdmissionConfig::default()
+        }
+    }
+
+    fn front() -> Front<u32> {
+        Front::new(config(), StdRng::seed_from_u64(2))
+    }
+
+    fn phone(aor: &str) -> RegisterFacts<'_> {
+        RegisterFacts {
+            aor,
+            source: IpAddr::from([192, 0, 2, 1]),
+            resource_priority: None,
+            token: None,
+            instance: "urn:uuid:1",
+            binding_exists: false,
+        }
+    }
+
+    fn refuse(retry_after_secs: u32) -> Verdict {
+        Verdict::Refuse { retry_after_secs }
+    }
+
+    fn token_retry(v: TokenVerdict) -> u32 {
+        match v {
+            TokenVerdict::Refuse { retry_after_secs } => retry_after_secs,
+            TokenVerdict::Grant { .. } => panic!("granted"),
+        }
+    }
+
+    #[test]
+    fn tokens_are_granted_under_the_target_wait_and_denials_are_staggered_at_the_service_rate() {
+        let t0 = Instant::now();
+        let mut f = front();
+        let mut granted = Vec::new();
+        // 20 pending tokens at 10/s project a 2 s wait: the 21st is denied
+        for k in 0..20 {
+            match f.on_token_request(t0, &format!("sip:{k}@h")) {
+                TokenVerdict::Grant { token, timeout } => {
+                    assert_eq!(timeout, secs(30));
+                    granted.push(token);
+                }
+                TokenVerdict::Refuse { .. } => panic!("request {k} refused"),
+            }
+        }
+        let denials: Vec<u32> = (0..31)
+            .map(|k| token_retry(f.on_token_request(t0, &format!("sip:late{k}@h"))))
+            .collect();
+        // slots from 2 s (the backlog drained) at 0.1 s: 2.0, 2.1 … 5.0
+        let mut expected = vec![2];
+        expected.extend([3; 10]);
+        expected.extend([4; 10]);
+        expected.extend([5; 10]);
+        assert_eq!(denials, expected);
+        let s = f.snapshot(t0);
+        assert_eq!((s.tokens_outstanding, s.tokens_pending), (20, 20));
+        assert_eq!(s.projected_wait, secs(2));
+        assert_eq!(s.retry_horizon, ms(5100));
+        // a token holder is queued although the wait is over the target
+        let aor = "sip:0@h";
+        let mut reg = phone(aor);
+        reg.token = Some(granted[0].as_str());
+        assert_eq!(f.on_register(t0, &reg, 1), Verdict::Queued(TokenHolder));
+        assert_eq!(f.snapshot(t0).tokens_pending, 19);
+        // once served and the tokens timed out, tokens are granted again
+        assert_eq!(f.pop(t0 + ms(100)).map(|d| d.item), Some(1));
+        f.handle_timeout(t0 + secs(30));
+        assert_eq!(f.snapshot(t0 + secs(30)).tokens_outstanding, 0);
+        assert!(matches!(
+            f.on_token_request(t0 + secs(30), "sip:x@h"),
+            TokenVerdict::Grant { .. }
+        ));
+    }
+
+    #[test]
+    fn a_refused_register_gets_a_slot_and_its_retry_in_the_window_is_token_priority() {
+        let t0 = Instant::now();
+        let mut f = front();
+        for k in 0..20 {
+            let aor = format!("sip:{k}@h");
+            assert_eq!(f.on_register(t0, &phone(&aor), k), Verdict::Queued(Initial));
+        }
+        let a = phone("sip:a@h");
+        let b = phone("sip:b@h");
+        assert_eq!(f.on_register(t0, &a, 100), refuse(2));
+        assert_eq!(f.on_register(t0, &b, 101), refuse(3));
+        assert_eq!(f.snapshot(t0).implicit_tokens, 2);
+        // b comes back a second early: told the time left, its slot kept
+        assert_eq!(f.on_register(t0 + secs(1), &b, 101), refuse(2));
+        assert_eq!(f.snapshot(t0).retry_horizon, ms(2200), "no new slot taken");
+        // a comes back on time: token priority although the queue is still long
+        assert_eq!(
+            f.on_register(t0 + secs(2), &a, 100),
+            Verdict::Queued(TokenHolder)
+        );
+        assert_eq!(f.snapshot(t0).queued_token, 1);
+        // (the initials that waited 2 s have aged to token rank and go first)
+        assert_eq!(f.pop(t0 + secs(2)).map(|d| d.item), Some(0));
+        // b comes back after its window (3 s + 20 s): initial again, a new slot;
+        // nothing was served meanwhile with 20 waiting, so the measured rate is
+        // the 1/s floor and the backlog takes 20 s
+        let late = t0 + secs(23);
+        assert_eq!(f.on_register(late, &b, 101), refuse(20));
+        assert_eq!(f.snapshot(late).service_rate, 1.0);
+    }
+
+    #[test]
+    fn a_refresh_is_never_refused_even_over_the_target_and_a_full_class() {
+        let t0 = Instant::now();
+        let mut f = front();
+        let tokens: Vec<_> = (0..3)
+            .map(|_| match f.on_token_request(t0, "sip:a@h") {
+                TokenVerdict::Grant { token, .. } => token,
+                v => panic!("{v:?}"),
+            })
+            .collect();
+        for k in 0..20 {
+            let aor = format!("sip:{k}@h");
+            f.on_register(t0, &phone(&aor), k);
+        }
+        let mut reg = phone("sip:a@h");
+        for (k, t) in tokens.iter().enumerate().take(2) {
+            reg.token = Some(t.as_str());
+            assert_eq!(
+                f.on_register(t0, &reg, 50 + k as u32),
+                Verdict::Queued(TokenHolder)
+            );
+        }
+        // the token class holds 2: a third token holder is refused with a slot
+        reg.token = Some(tokens[2].as_str());
+        assert!(matches!(
+            f.on_register(t0, &reg, 52),
+            Verdict::Refuse { .. }
+        ));
+        let mut refresh = phone("sip:c@h");
+        refresh.binding_exists = true;
+        assert_eq!(
+            f.on_register(t0, &refresh, 60),
+            Verdict::Queued(TokenHolder)
+        );
+        assert_eq!(f.snapshot(t0).queued_token, 3);
+    }
+
+    #[test]
+    fn priority_devices_are_queued_over_the_target_and_refused_only_when_their_class_is_full() {
+        let t0 = Instant::now();
+        let mut f = front();
+        for k in 0..20 {
+            let aor = format!("sip:{k}@h");
+            f.on_register(t0, &phone(&aor), k);
+        }
+        assert_eq!(f.on_register(t0, &phone("sip:x@h"), 99), refuse(2));
+        let gw = phone("sip:gw@h");
+        assert_eq!(f.on_register(t0, &gw, 1), Verdict::Queued(Priority));
+        assert_eq!(f.on_register(t0, &gw, 2), Verdict::Queued(Priority));
+        // 22 queued now: the backlog drains in 2.2 s, after the slot at 2.0 s
+        assert_eq!(f.on_register(t0, &gw, 3), refuse(3));
+        assert_eq!(f.pop(t0).map(|d| (d.item, d.class)), Some((1, Priority)));
+    }
+
+    #[test]
+    fn a_register_waiting_max_wait_expires_with_a_slot_and_retries_at_token_priority() {
+        let t0 = Instant::now();
+        let mut f = front();
+        let p = phone("sip:a@h");
+        assert_eq!(f.on_register(t0, &p, 7), Verdict::Queued(Initial));
+        assert_eq!(f.poll_timeout(), Some(t0 + secs(8)));
+        f.handle_timeout(t0 + ms(7999));
+        assert_eq!(f.poll_expired(), None);
+        f.handle_timeout(t0 + secs(8));
+        assert_eq!(
+            f.poll_expired(),
+            Some(Expired {
+                item: 7,
+                class: Initial,
+                waited: secs(8),
+                retry_after_secs: 1,
+            })
+        );
+        assert_eq!(f.poll_timeout(), None);
+        assert_eq!(
+            f.on_register(t0 + secs(9), &p, 7),
+            Verdict::Queued(TokenHolder)
+        );
+    }
+
+    #[test]
+    fn the_measured_service_rate_moves_the_projected_wait_and_the_grant_rule() {
+        let t0 = Instant::now();
+        let mut f = front();
+        for k in 0..15 {
+            let aor = format!("sip:{k}@h");
+            f.on_register(t0, &phone(&aor), k);
+        }
+        assert_eq!(f.snapshot(t0).projected_wait, ms(1500));
+        for _ in 0..5 {
+            f.pop(t0 + ms(500));
+        }
+        f.on_served(t0 + ms(500), 5);
+        // the interval ends with 10 still waiting: the node serves 5/s
+        f.handle_timeout(t0 + secs(1));
+        let s = f.snapshot(t0 + secs(1));
+        assert_eq!(s.service_rate, 5.0);
+        assert_eq!(s.queued_initial, 10);
+        assert_eq!(s.projected_wait, secs(2));
+        // denied, with slots 0.2 s apart after the 2 s backlog
+        let r: Vec<u32> = (0..6)
+            .map(|_| token_retry(f.on_token_request(t0 + secs(1), "sip:t@h")))
+            .collect();
+        assert_eq!(r, [2, 3, 3, 3, 3, 3]);
+    }
+}
