@@ -542,4 +542,54 @@ mod tests {
             .collect();
         assert_eq!(r, [2, 3, 3, 3, 3, 3]);
     }
+
+    #[test]
+    fn a_registration_storm_comes_back_at_the_service_rate_and_at_token_priority() {
+        let t0 = Instant::now();
+        let mut f = Front::new(
+            AdmissionConfig {
+                jitter: 0.25,
+                capacity: Capacity {
+                    priority: 2,
+                    token: 100,
+                    initial: 100,
+                },
+                ..config()
+            },
+            StdRng::seed_from_u64(7),
+        );
+        let aors: Vec<String> = (0..500).map(|k| format!("sip:{k}@h")).collect();
+        let mut back_at = std::collections::BTreeMap::<u32, Vec<usize>>::new();
+        let mut queued = 0;
+        for (k, aor) in aors.iter().enumerate() {
+            match f.on_register(t0, &phone(aor), k as u32) {
+                Verdict::Queued(Initial) => queued += 1,
+                Verdict::Refuse { retry_after_secs } => {
+                    back_at.entry(retry_after_secs).or_default().push(k)
+                }
+                v => panic!("{v:?}"),
+            }
+        }
+        assert_eq!(queued, 20, "2 s of work at 10/s");
+        // 480 retries from 2 s on at 10/s: about 48 s, never more than R+1 in
+        // a second
+        assert!(back_at.values().all(|v| v.len() <= 11), "{back_at:?}");
+        let (first, last) = (
+            *back_at.keys().next().unwrap(),
+            *back_at.keys().last().unwrap(),
+        );
+        assert!(
+            (2..=3).contains(&first) && (49..=51).contains(&last),
+            "{first}..{last}"
+        );
+        // every retry that comes on time is token priority
+        for (secs_out, ks) in &back_at {
+            let at = t0 + secs(u64::from(*secs_out));
+            for &k in ks {
+                let v = f.on_register(at, &phone(&aors[k]), k as u32);
+                assert_eq!(v, Verdict::Queued(TokenHolder), "phone {k} at {secs_out} s");
+                f.pop(at);
+            }
+        }
+    }
 }
