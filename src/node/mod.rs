@@ -741,9 +741,14 @@ impl Node {
         src: Source,
         dest: SocketAddr,
     ) {
-        let aor = req.to().map(|t| t.uri.aor_key()).unwrap_or_default();
+        // RFC 3261 §10.3 steps 1-4 first: a challenge costs nothing to send and
+        // is never held back by admission (seed 002 queues the binding writes).
+        let authorized = match self.registrar.authorize(&req, now.at) {
+            Ok(a) => a,
+            Err(r) => return self.respond(now, &key, &req, &src, dest, r),
+        };
         match self.admission.admit(&RegisterAttempt {
-            aor: &aor,
+            aor: &authorized.aor,
             source: src.peer,
         }) {
             Decision::Admit(_) => {}
@@ -757,7 +762,7 @@ impl Node {
         }
         match self
             .registrar
-            .handle(&req, src.flow(), now.at, now.unix_ms())
+            .apply(&req, &authorized, src.flow(), now.unix_ms())
         {
             Outcome::Respond(r) => self.respond(now, &key, &req, &src, dest, r),
             Outcome::AfterCommit(r, commit) => {

@@ -26,6 +26,13 @@ pub enum Outcome {
     AfterCommit(Response, PendingCommit),
 }
 
+/// A REGISTER whose AOR is served and whose credentials were accepted.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    /// The normalised AOR (`sip:user@host`) the bindings belong to.
+    pub aor: String,
+}
+
 pub struct Registrar {
     authenticate: bool,
     /// Shared with the proxy's authentication of calls (one account set, one
@@ -134,25 +141,30 @@ impl Registrar {
         &self.location
     }
 
-    /// Handles one REGISTER that passed validation and admission.
-    /// `source` is where it came from.
-    pub fn handle(&self, req: &Request, source: Flow, now: Instant, now_ms: UnixMs) -> Outcome {
-        let fail = |status: u16| {
-            Outcome::Respond(response_to(
-                req,
-                status,
-                Some(&crate::sip::message::build::new_tag()),
-            ))
+    /// The cheap first half of a REGISTER (RFC 3261 §10.3 steps 1–4): the AOR is a
+    /// SIP URI of a served domain, and the credentials are valid. What fails gets
+    /// its answer (400, 404, 401 challenge). Admission control runs between the
+    /// halves, so challenges are never queued (seed 002: the queue holds the
+    /// binding writes, the work that costs).
+    pub fn authorize(&self, req: &Request, now: Instant) -> Result<Authorized, Response> {
+        let fail = |status: u16, why: &str| {
+            let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
+            if !why.is_empty() {
+                r.reason = why.to_string();
+            }
+            r
         };
         // §10.3 step 5: the AOR is the To URI; it must be SIP or SIPS (RFC 4475 `unksm2`).
-        let Some(to) = req.to() else { return fail(400) };
+        let Some(to) = req.to() else {
+            return Err(fail(400, ""));
+        };
         if !to.uri.is_sip() || to.uri.user.is_none() {
             metrics::counter!("tandem_register_total", "outcome" => "invalid_aor").increment(1);
-            return reason(fail(400), "Invalid AOR");
+            return Err(fail(400, "Invalid AOR"));
         }
         if !self.domains.is_empty() && !self.domains.contains(&to.uri.host) {
             metrics::counter!("tandem_register_total", "outcome" => "foreign_domain").increment(1);
-            return reason(fail(404), "Domain Not Served");
+            return Err(fail(404, "Domain Not Served"));
         }
         let aor = to.uri.aor_key();
         // §10.3 step 4 (after the AOR check so foreign junk is not challenged).
@@ -163,11 +175,32 @@ impl Registrar {
                 Err(Denied::Challenge(r)) => {
                     metrics::counter!("tandem_register_total", "outcome" => "challenged")
                         .increment(1);
-                    return Outcome::Respond(r);
+                    return Err(r);
                 }
-                Err(Denied::Malformed(r)) => return Outcome::Respond(r),
+                Err(Denied::Malformed(r)) => return Err(r),
             }
         }
+        Ok(Authorized { aor })
+    }
+
+    /// The second half of a REGISTER (§10.3 steps 5–8): applies its contacts to
+    /// the AOR's bindings, queues the store changes, and answers (after the
+    /// commit) with every current binding.
+    pub fn apply(
+        &self,
+        req: &Request,
+        authorized: &Authorized,
+        source: Flow,
+        now_ms: UnixMs,
+    ) -> Outcome {
+        let fail = |status: u16| {
+            Outcome::Respond(response_to(
+                req,
+                status,
+                Some(&crate::sip::message::build::new_tag()),
+            ))
+        };
+        let aor = authorized.aor.as_str();
         let contacts = {
             let mut all: Vec<NameAddr> = Vec::new();
             let mut wildcard = false;
@@ -196,7 +229,7 @@ impl Registrar {
             }
         }
         let register = RegisterRequest {
-            aor: &aor,
+            aor,
             contacts,
             expires: req
                 .headers
@@ -210,7 +243,7 @@ impl Registrar {
             user_agent: req.headers.get(&HeaderName::UserAgent),
             owner: &self.node,
         };
-        let result = self.location.update(&aor, |existing| {
+        let result = self.location.update(aor, |existing| {
             let (new, changes) = bindings::apply(existing, &register, &self.limits, now_ms)?;
             let ok = self.ok_response(req, &new, now_ms);
             let mut ops: Vec<StoreOp> = changes
