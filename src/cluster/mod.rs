@@ -43,9 +43,8 @@ impl Cluster {
     /// `node_timeout`: a peer whose heartbeat counter has not moved for this long
     /// (on this node's clock) is dead.
     pub fn new(db: PgCluster, node_timeout: Duration) -> Cluster {
-        let timeout = node_timeout;
         Cluster {
-            membership: Mutex::new(Membership::new(db.node().clone(), timeout)),
+            membership: Mutex::new(Membership::new(db.node().clone(), node_timeout)),
             db,
             applied: AtomicI64::new(0),
         }

@@ -13,8 +13,12 @@ use std::sync::Arc;
 pub type UnixMs = u64;
 
 pub fn now_ms() -> UnixMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// A wall-clock time in Unix milliseconds (0 before the epoch).
+pub fn unix_ms(t: std::time::SystemTime) -> UnixMs {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

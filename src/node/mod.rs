@@ -111,10 +111,7 @@ impl Now {
 
     /// `wall` in Unix milliseconds, as the location table keeps time.
     pub fn unix_ms(&self) -> crate::location::UnixMs {
-        self.wall
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        crate::location::unix_ms(self.wall)
     }
 }
 

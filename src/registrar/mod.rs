@@ -147,24 +147,17 @@ impl Registrar {
     /// halves, so challenges are never queued (seed 002: the queue holds the
     /// binding writes, the work that costs).
     pub fn authorize(&self, req: &Request, now: Instant) -> Result<Authorized, Response> {
-        let fail = |status: u16, why: &str| {
-            let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
-            if !why.is_empty() {
-                r.reason = why.to_string();
-            }
-            r
-        };
         // §10.3 step 5: the AOR is the To URI; it must be SIP or SIPS (RFC 4475 `unksm2`).
         let Some(to) = req.to() else {
-            return Err(fail(400, ""));
+            return Err(error(req, 400, None));
         };
         if !to.uri.is_sip() || to.uri.user.is_none() {
             metrics::counter!("tandem_register_total", "outcome" => "invalid_aor").increment(1);
-            return Err(fail(400, "Invalid AOR"));
+            return Err(error(req, 400, Some("Invalid AOR")));
         }
         if !self.domains.is_empty() && !self.domains.contains(&to.uri.host) {
             metrics::counter!("tandem_register_total", "outcome" => "foreign_domain").increment(1);
-            return Err(fail(404, "Domain Not Served"));
+            return Err(error(req, 404, Some("Domain Not Served")));
         }
         let aor = to.uri.aor_key();
         // §10.3 step 4 (after the AOR check so foreign junk is not challenged).
@@ -193,19 +186,13 @@ impl Registrar {
         source: Flow,
         now_ms: UnixMs,
     ) -> Outcome {
-        let fail = |status: u16| {
-            Outcome::Respond(response_to(
-                req,
-                status,
-                Some(&crate::sip::message::build::new_tag()),
-            ))
-        };
+        let fail = |status: u16, why: &str| Outcome::Respond(error(req, status, Some(why)));
         let aor = authorized.aor.as_str();
         let contacts = {
             let mut all: Vec<NameAddr> = Vec::new();
             let mut wildcard = false;
             let Some(fields) = req.contacts() else {
-                return reason(fail(400), "Malformed Contact");
+                return fail(400, "Malformed Contact");
             };
             for c in fields {
                 match c {
@@ -215,7 +202,7 @@ impl Registrar {
             }
             match (wildcard, all.is_empty()) {
                 (true, true) => Some(Contacts::Wildcard),
-                (true, false) => return reason(fail(400), "Wildcard With Other Contacts"),
+                (true, false) => return fail(400, "Wildcard With Other Contacts"),
                 (false, true) => None,
                 (false, false) => Some(Contacts::List(all)),
             }
@@ -225,7 +212,7 @@ impl Registrar {
         for v in req.headers.get_all(&HeaderName::Path) {
             match crate::sip::message::scan::split_commas(v) {
                 Some(parts) => path.extend(parts.into_iter().map(str::to_string)),
-                None => return reason(fail(400), "Malformed Path"),
+                None => return fail(400, "Malformed Path"),
             }
         }
         let register = RegisterRequest {
@@ -330,14 +317,14 @@ impl Registrar {
     }
 }
 
-fn reason(o: Outcome, why: &str) -> Outcome {
-    match o {
-        Outcome::Respond(mut r) => {
-            r.reason = why.to_string();
-            Outcome::Respond(r)
-        }
-        other => other,
+/// A final error answer to `req` with a fresh To tag, and `why` as its reason
+/// phrase in place of the standard one.
+fn error(req: &Request, status: u16, why: Option<&str>) -> Response {
+    let mut r = response_to(req, status, Some(&crate::sip::message::build::new_tag()));
+    if let Some(why) = why {
+        r.reason = why.to_string();
     }
+    r
 }
 
 /// RFC 3261 §20.17 Date (RFC 1123 format, GMT).

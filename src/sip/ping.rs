@@ -6,8 +6,7 @@
 //! each ping once: answered, or not answered by its deadline. When to ping and
 //! what an answer means stay with its users.
 
-use super::message::values::param;
-use super::message::{CSeq, HeaderName, Response, Via};
+use super::message::{CSeq, HeaderName, Response};
 use super::transaction::client::ClientNonInvite;
 use super::transaction::{Reliability, TimerConfig};
 use bytes::Bytes;
@@ -195,12 +194,7 @@ impl<K: Clone> Pinger<K> {
 }
 
 fn branch_of(resp: &Response) -> Option<String> {
-    let via = resp
-        .header(&HeaderName::Via)
-        .and_then(Via::parse_all)?
-        .into_iter()
-        .next()?;
-    param(&via.params, "branch").flatten().map(str::to_string)
+    resp.top_via()?.branch().map(str::to_string)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use super::branch::BranchKey;
 use super::timers::{Due, TimerKey};
 use super::{call_of, Action, Proxy};
-use crate::sip::message::{CSeq, HeaderName, Method, NameAddr, Response, Via};
+use crate::sip::message::{CSeq, HeaderName, Method, NameAddr, Response};
 use crate::sip::transaction::client::ClientEvent;
 use crate::sip::transaction::key::TxKey;
 use bytes::Bytes;
@@ -16,11 +16,7 @@ impl Proxy {
     /// (the node then drops it, or forwards a 2xx retransmission statelessly).
     pub fn on_response(&mut self, now: Instant, resp: &Response, bytes: Bytes) -> bool {
         // §17.1.3: matched on the top Via's branch and the CSeq method
-        let Some(via) = resp
-            .header(&HeaderName::Via)
-            .and_then(Via::parse_all)
-            .and_then(|v| v.into_iter().next())
-        else {
+        let Some(via) = resp.top_via() else {
             return false;
         };
         let Some(branch) = via.branch() else {

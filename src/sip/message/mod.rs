@@ -144,8 +144,7 @@ impl Request {
 
     /// The topmost Via value (the first value of the first Via header).
     pub fn top_via(&self) -> Option<Via> {
-        let first = self.headers.get(&HeaderName::Via)?;
-        Via::parse_all(first)?.into_iter().next()
+        top_via(&self.headers)
     }
 
     pub fn cseq(&self) -> Option<&CSeq> {
@@ -191,6 +190,19 @@ impl Response {
     pub fn header(&self, name: &HeaderName) -> Option<&str> {
         self.headers.get(name)
     }
+
+    /// The topmost Via value: the hop this response is for (RFC 3261 §17.1.3
+    /// matches client transactions on its branch).
+    pub fn top_via(&self) -> Option<Via> {
+        top_via(&self.headers)
+    }
+}
+
+/// The first value of the first Via header of a message.
+fn top_via(headers: &Headers) -> Option<Via> {
+    Via::parse_all(headers.get(&HeaderName::Via)?)?
+        .into_iter()
+        .next()
 }
 
 /// Standard reason phrases (RFC 3261 §21 and extensions Tandem sends).
