@@ -816,4 +816,18 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn zero_call_timers_are_refused_with_their_key() {
+        for key in [
+            "timer_c_secs",
+            "gateway_probe_interval_ms",
+            "gateway_probe_timeout_ms",
+        ] {
+            let e = Config::from_toml(&format!("[calls]\n{key} = 0\n"), "x.toml").unwrap_err();
+            assert_eq!(e.key, format!("calls.{key}"), "{e}");
+            assert_eq!(e.file, "x.toml");
+            assert!(e.reason.contains("> 0"), "{e}");
+        }
+    }
 }
