@@ -3,6 +3,7 @@
 //! Unknown keys are errors (`deny_unknown_fields`) so a typo never silently falls
 //! back to a default. Durations are integers whose unit is in the key name.
 
+pub use crate::admission::config::AdmissionConfig;
 pub use crate::routing::{GatewayConfig, RouteConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ pub struct Config {
     /// `[calls]`: the call-state table, CDRs, call authentication, Timer C, gateway probes.
     #[serde(default)]
     pub calls: CallsConfig,
+    /// `[admission]`: seed 002's REGISTER front end (tokens, priority queue).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
     /// `[log]`: the tracing filter.
     #[serde(default)]
     pub log: LogConfig,
@@ -532,9 +536,25 @@ impl Config {
                 ));
             }
         }
+        self.admission_front()
+            .map_err(|e| err(&format!("admission.{}", e.key), e.reason))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| err("log.level", format!("invalid filter: {e}")))?;
         Ok(())
+    }
+
+    /// The admission front's configuration (`[admission]`), AORs normalised as
+    /// the registrar keys them.
+    pub fn admission_front(
+        &self,
+    ) -> Result<crate::admission::FrontConfig, crate::admission::config::Invalid> {
+        self.admission.front(|a| {
+            crate::sip::message::Uri::parse(a)
+                .ok()
+                .filter(|u| u.is_sip() && u.user.is_some())
+                .map(|u| u.aor_key())
+                .ok_or_else(|| format!("{a:?} is not a SIP URI with a user part"))
+        })
     }
 
     /// The store path, resolved against the config file's directory.
@@ -712,8 +732,12 @@ mod tests {
         out
     }
 
-    const SOURCES: [(&str, &str); 2] = [
+    const SOURCES: [(&str, &str); 3] = [
         ("src/config.rs", include_str!("config.rs")),
+        (
+            "src/admission/config.rs",
+            include_str!("admission/config.rs"),
+        ),
         ("src/routing/config.rs", include_str!("routing/config.rs")),
     ];
 
@@ -738,7 +762,7 @@ mod tests {
         let file = Config::from_toml(text, "config/tandem.toml").unwrap();
         let default = Config::from_toml("", "empty").unwrap();
         // every section's values in the file are the defaults
-        let pairs: [(&str, String, String); 8] = [
+        let pairs: [(&str, String, String); 9] = [
             (
                 "node",
                 format!("{:?}", file.node),
@@ -775,6 +799,11 @@ mod tests {
                 format!("{:?}", default.calls),
             ),
             (
+                "admission",
+                format!("{:?}", file.admission),
+                format!("{:?}", default.admission),
+            ),
+            (
                 "log",
                 format!("{:?}", file.log),
                 format!("{:?}", default.log),
@@ -796,8 +825,12 @@ mod tests {
             ("AdminConfig", "admin"),
             ("CallsConfig", "calls"),
             ("LogConfig", "log"),
+            ("AdmissionConfig", "admission"),
         ];
-        for (st, name, _) in fields(include_str!("config.rs")) {
+        let all = fields(include_str!("config.rs"))
+            .into_iter()
+            .chain(fields(include_str!("admission/config.rs")));
+        for (st, name, _) in all {
             let Some((_, section)) = sections.iter().find(|(s, _)| *s == st) else {
                 continue;
             };
@@ -829,5 +862,26 @@ mod tests {
             assert_eq!(e.file, "x.toml");
             assert!(e.reason.contains("> 0"), "{e}");
         }
+    }
+
+    #[test]
+    fn bad_admission_keys_are_named() {
+        let e = Config::from_toml(
+            "[admission]\npriority_networks = [\"10.0.0.0/40\"]\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "admission.priority_networks[0]", "{e}");
+        let e = Config::from_toml("[admission]\npriority_aors = [\"gw\"]\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "admission.priority_aors[0]", "{e}");
+        let e = Config::from_toml("[admission]\nmax_wait_ms = 40000\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "admission.max_wait_ms", "{e}");
+        let cfg = Config::from_toml(
+            "[admission]\npriority_aors = [\"sip:GW@Example.com\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        let front = cfg.admission_front().unwrap();
+        assert!(front.rules.aors.contains("sip:GW@example.com") || front.rules.aors.len() == 1);
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Everything the front is built from (the future `[admission]` section).
 #[derive(Debug, Clone)]
-pub struct AdmissionConfig {
+pub struct FrontConfig {
     pub rules: PriorityRules,
     /// Grant tokens and queue initial REGISTERs while the projected wait is
     /// below this.
@@ -51,9 +51,9 @@ pub struct AdmissionConfig {
     pub jitter: f64,
 }
 
-impl Default for AdmissionConfig {
+impl Default for FrontConfig {
     fn default() -> Self {
-        AdmissionConfig {
+        FrontConfig {
             rules: PriorityRules::default(),
             target_wait: Duration::from_secs(2),
             max_wait: Duration::from_secs(8),
@@ -131,7 +131,7 @@ struct Waiting<T> {
 }
 
 pub struct Front<T> {
-    cfg: AdmissionConfig,
+    cfg: FrontConfig,
     tokens: TokenTable,
     queue: RegistrationQueue<Waiting<T>>,
     rate: ServiceRate,
@@ -142,7 +142,7 @@ pub struct Front<T> {
 impl<T> Front<T> {
     /// `rng` makes the tokens and the jitter: seed it from the OS
     /// (`StdRng::from_os_rng()`) outside tests, or tokens become guessable.
-    pub fn new(cfg: AdmissionConfig, mut rng: StdRng) -> Front<T> {
+    pub fn new(cfg: FrontConfig, mut rng: StdRng) -> Front<T> {
         let schedule_rng = StdRng::seed_from_u64(rng.random());
         Front {
             tokens: TokenTable::new(cfg.max_tokens, cfg.max_implicit, rng),
@@ -315,8 +315,8 @@ mod tests {
     }
 
     /// 10 registrations a second, a 2 s target, no jitter: exact slots.
-    fn config() -> AdmissionConfig {
-        AdmissionConfig {
+    fn config() -> FrontConfig {
+        FrontConfig {
             rules: PriorityRules {
                 aors: ["sip:gw@h".to_string()].into(),
                 ..PriorityRules::default()
@@ -331,7 +331,7 @@ mod tests {
             initial_rate: 10.0,
             rate_alpha: 1.0,
             jitter: 0.0,
-            ..AdmissionConfig::default()
+            ..FrontConfig::default()
         }
     }
 
@@ -547,7 +547,7 @@ mod tests {
     fn a_registration_storm_comes_back_at_the_service_rate_and_at_token_priority() {
         let t0 = Instant::now();
         let mut f = Front::new(
-            AdmissionConfig {
+            FrontConfig {
                 jitter: 0.25,
                 capacity: Capacity {
                     priority: 2,

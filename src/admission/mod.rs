@@ -11,6 +11,7 @@
 //! The seam is here so the registrar never changes when it is wired.
 
 pub mod classify;
+pub mod config;
 pub mod front;
 pub mod load;
 pub mod queue;
@@ -18,7 +19,7 @@ pub mod schedule;
 pub mod tokens;
 
 pub use classify::{Basis, Classification, IpNetwork, PriorityRules, RegisterFacts};
-pub use front::{AdmissionConfig, Expired, Front, Snapshot, TokenVerdict, Verdict};
+pub use front::{Expired, Front, FrontConfig, Snapshot, TokenVerdict, Verdict};
 pub use queue::{Capacity, Dequeued};
 pub use tokens::RegistrationToken;
 

@@ -1,0 +1,254 @@
+//! The `[admission]` section of the TOML file: plain data, deserialised by
+//! `crate::config` (which owns the file and its error messages); this module
+//! owns what the keys mean and turns them into the front's [`FrontConfig`].
+
+use super::classify::{IpNetwork, PriorityRules};
+use super::front::FrontConfig;
+use super::queue::Capacity;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Seed 002's REGISTER front end (`docs/token-protocol.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Classify, queue and pace REGISTERs. `false`: every authorised REGISTER is
+    /// served at once, as it arrives (no tokens, no 503 for load).
+    pub enabled: bool,
+    /// Tokens are granted, and initial REGISTERs queued, while the projected wait
+    /// (backlog ÷ service rate) is below this; otherwise they get 503 with a slot.
+    pub target_wait_ms: u64,
+    /// No REGISTER waits in the queue longer than this (it then gets 503 with a
+    /// slot); keep it well under a phone's Timer F (32 s).
+    pub max_wait_ms: u64,
+    /// A waiting REGISTER is raised one class per this much waiting.
+    pub aging_ms: u64,
+    /// Most REGISTERs waiting in the priority class.
+    pub queue_priority: usize,
+    /// Most REGISTERs waiting in the token class.
+    pub queue_token: usize,
+    /// Most REGISTERs waiting in the initial class.
+    pub queue_initial: usize,
+    /// How long a granted explicit token stays valid.
+    pub token_timeout_secs: u64,
+    /// How long after its Retry-After a refused phone's retry still counts as a
+    /// token registration (its implicit token).
+    pub implicit_window_secs: u64,
+    /// Most explicit tokens outstanding; past it, token requests get 503.
+    pub max_tokens: usize,
+    /// Most implicit tokens remembered; past it, a refused phone's retry is an
+    /// initial registration again.
+    pub max_implicit: usize,
+    /// Registrations per second assumed until one is measured.
+    pub initial_rate: f64,
+    /// Most REGISTERs whose binding writes are being committed at once; the
+    /// rest wait in the queue, in class order.
+    pub max_in_flight: usize,
+    /// Serve at most this many REGISTERs a second (0: as fast as the store
+    /// commits them). To spare a database shared with others, or to test storms.
+    pub service_rate_limit: u32,
+    /// AORs (`sip:user@host`) served at priority: gateways and other shared devices.
+    pub priority_aors: Vec<String>,
+    /// Source networks (`10.1.0.0/16`, `2001:db8::/32`, or an address) served at
+    /// priority.
+    pub priority_networks: Vec<String>,
+    /// `Resource-Priority` namespaces (RFC 4412: `ets`, `wps`, …) served at priority.
+    pub priority_namespaces: Vec<String>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        let front = FrontConfig::default();
+        AdmissionConfig {
+            enabled: true,
+            target_wait_ms: front.target_wait.as_millis() as u64,
+            max_wait_ms: front.max_wait.as_millis() as u64,
+            aging_ms: front.aging.as_millis() as u64,
+            queue_priority: front.capacity.priority,
+            queue_token: front.capacity.token,
+            queue_initial: front.capacity.initial,
+            token_timeout_secs: front.token_timeout.as_secs(),
+            implicit_window_secs: front.implicit_window.as_secs(),
+            max_tokens: front.max_tokens,
+            max_implicit: front.max_implicit,
+            initial_rate: front.initial_rate,
+            max_in_flight: 1024,
+            service_rate_limit: 0,
+            priority_aors: Vec::new(),
+            priority_networks: Vec::new(),
+            priority_namespaces: Vec::new(),
+        }
+    }
+}
+
+/// A bad key of `[admission]`: the key (without the section) and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The key within `[admission]`, e.g. `priority_networks[1]`.
+    pub key: String,
+    /// Why its value is refused.
+    pub reason: String,
+}
+
+impl AdmissionConfig {
+    /// Checks the keys and builds the front's configuration. `normalise_aor`
+    /// turns a configured AOR into the registrar's key (`sip:user@host`), or
+    /// says why it is not one.
+    pub fn front(
+        &self,
+        normalise_aor: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<FrontConfig, Invalid> {
+        let bad = |key: &str, reason: &str| Invalid {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        for (key, v) in [
+            ("target_wait_ms", self.target_wait_ms),
+            ("aging_ms", self.aging_ms),
+            ("token_timeout_secs", self.token_timeout_secs),
+            ("implicit_window_secs", self.implicit_window_secs),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be > 0"));
+            }
+        }
+        // RFC 3261 §17.1.2.2: the phone's Timer F (64·T1 = 32 s) ends its
+        // transaction; an answer after that is lost, and the phone starts over.
+        if !(1..=30_000).contains(&self.max_wait_ms) {
+            return Err(bad(
+                "max_wait_ms",
+                "must be between 1 and 30000 (a phone gives up at 32 s)",
+            ));
+        }
+        for (key, v) in [
+            ("queue_priority", self.queue_priority),
+            ("queue_token", self.queue_token),
+            ("queue_initial", self.queue_initial),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be > 0"));
+            }
+        }
+        if !(self.initial_rate.is_finite() && self.initial_rate >= 1.0) {
+            return Err(bad("initial_rate", "must be a number >= 1"));
+        }
+        let mut rules = PriorityRules::default();
+        for (i, a) in self.priority_aors.iter().enumerate() {
+            let aor = normalise_aor(a).map_err(|why| Invalid {
+                key: format!("priority_aors[{i}]"),
+                reason: why,
+            })?;
+            rules.aors.insert(aor);
+        }
+        for (i, n) in self.priority_networks.iter().enumerate() {
+            let net: IpNetwork = n.parse().map_err(|e| Invalid {
+                key: format!("priority_networks[{i}]"),
+                reason: format!("{e}"),
+            })?;
+            rules.networks.push(net);
+        }
+        for (i, ns) in self.priority_namespaces.iter().enumerate() {
+            // RFC 4412 §3.1: namespace = 1*( alphanum / "-" / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
+            let ok = !ns.is_empty()
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-!%*_+`'~".contains(&b));
+            if !ok {
+                return Err(Invalid {
+                    key: format!("priority_namespaces[{i}]"),
+                    reason: format!("{ns:?} is not an RFC 4412 namespace"),
+                });
+            }
+            rules.namespaces.insert(ns.to_ascii_lowercase());
+        }
+        let ms = Duration::from_millis;
+        Ok(FrontConfig {
+            rules,
+            target_wait: ms(self.target_wait_ms),
+            max_wait: ms(self.max_wait_ms),
+            aging: ms(self.aging_ms),
+            capacity: Capacity {
+                priority: self.queue_priority,
+                token: self.queue_token,
+                initial: self.queue_initial,
+            },
+            token_timeout: Duration::from_secs(self.token_timeout_secs),
+            implicit_window: Duration::from_secs(self.implicit_window_secs),
+            max_tokens: self.max_tokens,
+            max_implicit: self.max_implicit,
+            initial_rate: self.initial_rate,
+            ..FrontConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aor(s: &str) -> Result<String, String> {
+        s.strip_prefix("sip:")
+            .map(|r| format!("sip:{}", r.to_ascii_lowercase()))
+            .ok_or_else(|| "not a sip: URI".to_string())
+    }
+
+    #[test]
+    fn the_defaults_are_the_fronts_defaults() {
+        let f = AdmissionConfig::default().front(aor).unwrap();
+        let d = FrontConfig::default();
+        assert_eq!(f.target_wait, d.target_wait);
+        assert_eq!(f.max_wait, d.max_wait);
+        assert_eq!(f.capacity, d.capacity);
+        assert_eq!(f.token_timeout, d.token_timeout);
+    }
+
+    #[test]
+    fn priority_rules_are_built_and_bad_entries_named() {
+        let cfg = AdmissionConfig {
+            priority_aors: vec!["sip:GW1@Example.com".into()],
+            priority_networks: vec!["10.9.0.0/16".into()],
+            priority_namespaces: vec!["ETS".into()],
+            ..AdmissionConfig::default()
+        };
+        let f = cfg.front(aor).unwrap();
+        assert!(f.rules.aors.contains("sip:gw1@example.com"));
+        assert!(f.rules.networks[0].contains("10.9.3.4".parse().unwrap()));
+        assert!(f.rules.namespaces.contains("ets"));
+
+        let e = AdmissionConfig {
+            priority_networks: vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()],
+            ..AdmissionConfig::default()
+        }
+        .front(aor)
+        .unwrap_err();
+        assert_eq!(e.key, "priority_networks[1]");
+        let e = AdmissionConfig {
+            priority_aors: vec!["gw@x".into()],
+            ..AdmissionConfig::default()
+        }
+        .front(aor)
+        .unwrap_err();
+        assert_eq!(e.key, "priority_aors[0]");
+        assert_eq!(e.reason, "not a sip: URI");
+        let e = AdmissionConfig {
+            priority_namespaces: vec!["e ts".into()],
+            ..AdmissionConfig::default()
+        }
+        .front(aor)
+        .unwrap_err();
+        assert_eq!(e.key, "priority_namespaces[0]");
+    }
+
+    #[test]
+    fn a_wait_past_timer_f_is_refused() {
+        let e = AdmissionConfig {
+            max_wait_ms: 32_000,
+            ..AdmissionConfig::default()
+        }
+        .front(aor)
+        .unwrap_err();
+        assert_eq!(e.key, "max_wait_ms");
+        assert!(e.reason.contains("32 s"));
+    }
+}
