@@ -6,7 +6,9 @@
 //! - `load`: FIG. 5 step 102, the service rate and the projected wait;
 //! - `schedule`: staggered retry times, spaced at the service rate;
 //! - `queue`: registration queue 62, bounded, by class, with aging;
-//! - `front`: [`Front`], which composes them.
+//! - `front`: [`Front`], which composes them;
+//! - `overload`: call overload control, new INVITEs refused past capacity, and
+//!   RFC 7339 feedback to upstream servers (wired into the node).
 //!
 //! The seam is here so the registrar never changes when it is wired.
 
@@ -14,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod front;
 pub mod load;
+pub mod overload;
 pub mod queue;
 pub mod schedule;
 pub mod tokens;
