@@ -4,6 +4,7 @@
 
 use super::classify::{IpNetwork, PriorityRules};
 use super::front::FrontConfig;
+use super::overload::OverloadConfig;
 use super::queue::Capacity;
 use serde::Deserialize;
 use std::time::Duration;
@@ -54,6 +55,87 @@ pub struct AdmissionConfig {
     pub priority_networks: Vec<String>,
     /// `Resource-Priority` namespaces (RFC 4412: `ets`, `wps`, …) served at priority.
     pub priority_namespaces: Vec<String>,
+    /// `[admission.calls]`: overload control of new INVITEs (issue 9 item 6).
+    pub calls: CallOverloadConfig,
+}
+
+/// `[admission.calls]`: new out-of-dialog INVITEs are refused with `503` +
+/// `Retry-After` while the proxied INVITEs not yet answered would take longer
+/// than `target_wait_ms` to be answered at the measured rate
+/// (`crate::admission::overload`). In-dialog requests, ACK, CANCEL and BYE are
+/// never refused.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallOverloadConfig {
+    /// Refuse new INVITEs when overloaded. `false`: every INVITE is proxied.
+    pub enabled: bool,
+    /// Refuse while the unanswered INVITEs' projected wait (backlog ÷ first
+    /// answers per second) is at least this; keep it well under T1 (500 ms) so
+    /// nothing is retransmitted because the node is slow.
+    pub target_wait_ms: u64,
+    /// Never refuse while fewer INVITEs than this are unanswered (a slow
+    /// gateway on a quiet node is not overload).
+    pub min_backlog: usize,
+    /// First answers per second assumed until the node has measured its own.
+    pub initial_rate: f64,
+    /// `Retry-After` of the 503 (seconds).
+    pub retry_after_secs: u32,
+    /// `oc-validity` of the RFC 7339 feedback given to upstream servers that
+    /// put `oc` in their Via (milliseconds).
+    pub oc_validity_ms: u64,
+}
+
+impl Default for CallOverloadConfig {
+    fn default() -> Self {
+        let d = OverloadConfig::default();
+        CallOverloadConfig {
+            enabled: true,
+            target_wait_ms: d.target_wait.as_millis() as u64,
+            min_backlog: d.min_backlog,
+            initial_rate: d.initial_rate,
+            retry_after_secs: d.retry_after_secs,
+            oc_validity_ms: d.oc_validity.as_millis() as u64,
+        }
+    }
+}
+
+impl CallOverloadConfig {
+    /// Checks the keys and builds the controller's configuration; `None` when
+    /// overload control is off. The error names the key within `[admission.calls]`.
+    pub fn overload(&self) -> Result<Option<OverloadConfig>, Invalid> {
+        let bad = |key: &str, reason: &str| Invalid {
+            key: format!("calls.{key}"),
+            reason: reason.to_string(),
+        };
+        // T1: past it, UDP callers retransmit what is already queued.
+        if !(1..=10_000).contains(&self.target_wait_ms) {
+            return Err(bad("target_wait_ms", "must be between 1 and 10000"));
+        }
+        if self.min_backlog == 0 {
+            return Err(bad("min_backlog", "must be > 0"));
+        }
+        if !(self.initial_rate.is_finite() && self.initial_rate >= 1.0) {
+            return Err(bad("initial_rate", "must be a number >= 1"));
+        }
+        // RFC 3261 §20.33: delta-seconds; 0 would invite an immediate retry.
+        if !(1..=3600).contains(&self.retry_after_secs) {
+            return Err(bad("retry_after_secs", "must be between 1 and 3600"));
+        }
+        if self.oc_validity_ms < 500 {
+            // the reduction is recomputed every 500 ms: shorter feedback lapses
+            return Err(bad("oc_validity_ms", "must be >= 500"));
+        }
+        if !self.enabled {
+            return Ok(None);
+        }
+        Ok(Some(OverloadConfig {
+            target_wait: Duration::from_millis(self.target_wait_ms),
+            min_backlog: self.min_backlog,
+            initial_rate: self.initial_rate,
+            retry_after_secs: self.retry_after_secs,
+            oc_validity: Duration::from_millis(self.oc_validity_ms),
+        }))
+    }
 }
 
 impl Default for AdmissionConfig {
@@ -77,6 +159,7 @@ impl Default for AdmissionConfig {
             priority_aors: Vec::new(),
             priority_networks: Vec::new(),
             priority_namespaces: Vec::new(),
+            calls: CallOverloadConfig::default(),
         }
     }
 }
@@ -162,6 +245,7 @@ impl AdmissionConfig {
             }
             rules.namespaces.insert(ns.to_ascii_lowercase());
         }
+        self.calls.overload()?;
         let ms = Duration::from_millis;
         Ok(FrontConfig {
             rules,
@@ -238,6 +322,62 @@ mod tests {
         .front(aor)
         .unwrap_err();
         assert_eq!(e.key, "priority_namespaces[0]");
+    }
+
+    #[test]
+    fn call_overload_keys_are_checked_and_named() {
+        let on = CallOverloadConfig::default().overload().unwrap().unwrap();
+        assert_eq!(on, OverloadConfig::default());
+        let off = CallOverloadConfig {
+            enabled: false,
+            ..CallOverloadConfig::default()
+        };
+        assert_eq!(off.overload().unwrap(), None);
+        for (cfg, key) in [
+            (
+                CallOverloadConfig {
+                    target_wait_ms: 0,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.target_wait_ms",
+            ),
+            (
+                CallOverloadConfig {
+                    min_backlog: 0,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.min_backlog",
+            ),
+            (
+                CallOverloadConfig {
+                    initial_rate: f64::NAN,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.initial_rate",
+            ),
+            (
+                CallOverloadConfig {
+                    enabled: false,
+                    retry_after_secs: 0,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.retry_after_secs",
+            ),
+            (
+                CallOverloadConfig {
+                    oc_validity_ms: 100,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.oc_validity_ms",
+            ),
+        ] {
+            assert_eq!(cfg.overload().unwrap_err().key, key);
+            let whole = AdmissionConfig {
+                calls: cfg,
+                ..AdmissionConfig::default()
+            };
+            assert_eq!(whole.front(aor).unwrap_err().key, key);
+        }
     }
 
     #[test]
