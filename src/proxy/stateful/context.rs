@@ -37,6 +37,9 @@ pub(super) struct Context {
     pub(super) tried_peers: Vec<String>,
     /// A peer's "no such binding" answers waiting for the node's retry decision.
     pub(super) stale: Vec<(u16, Response)>,
+    /// Some branch has answered (any response, `100 Trying` included): the
+    /// INVITE no longer counts in the overload backlog.
+    pub(super) answered: bool,
 }
 
 impl Context {
@@ -61,6 +64,7 @@ impl Context {
             inbound,
             tried_peers: Vec::new(),
             stale: Vec::new(),
+            answered: false,
         }
     }
 

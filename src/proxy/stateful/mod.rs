@@ -24,6 +24,7 @@ use self::branch::{Branch, BranchKey};
 use self::context::Context;
 use self::timers::Due;
 use super::flow_token::FlowTokens;
+use crate::admission::overload::CallLoad;
 use crate::sip::message::validate::max_forwards;
 use crate::sip::message::{Header, HeaderName, Request};
 use crate::sip::transaction::key::TxKey;
@@ -126,6 +127,10 @@ pub struct Proxy {
     counter: u64,
     salt: u64,
     flow_tokens: FlowTokens,
+    /// Call overload control's load (`crate::admission::overload`): INVITE
+    /// contexts no branch has answered yet, and how many got a first answer.
+    invites_unanswered: usize,
+    invites_answered: u64,
 }
 
 impl Proxy {
@@ -140,6 +145,8 @@ impl Proxy {
             counter: 0,
             salt: rand::random(),
             flow_tokens: FlowTokens::random(),
+            invites_unanswered: 0,
+            invites_answered: 0,
         }
     }
 
@@ -157,6 +164,27 @@ impl Proxy {
 
     pub fn active(&self) -> usize {
         self.contexts.len()
+    }
+
+    /// Proxied INVITEs no response has come back for, and a count of first
+    /// answers: the load measure of call overload control.
+    pub fn invite_load(&self) -> CallLoad {
+        CallLoad {
+            unanswered: self.invites_unanswered,
+            answered_total: self.invites_answered,
+        }
+    }
+
+    /// The first response of any branch of `server`'s INVITE (or its end
+    /// without one) takes it out of the backlog.
+    fn mark_answered(&mut self, server: &TxKey) {
+        if let Some(ctx) = self.contexts.get_mut(server) {
+            if ctx.invite && !ctx.answered {
+                ctx.answered = true;
+                self.invites_unanswered = self.invites_unanswered.saturating_sub(1);
+                self.invites_answered += 1;
+            }
+        }
     }
 
     /// Whether a server transaction is being proxied (a CANCEL for it is ours).
@@ -194,8 +222,15 @@ impl Proxy {
         };
         let ctx = Context::new(request, next, record_route, inbound);
         let invite = ctx.invite;
-        self.contexts.insert(server.clone(), ctx);
+        if let Some(old) = self.contexts.insert(server.clone(), ctx) {
+            // the transaction layer never hands the same key twice; if it
+            // did, the replaced context leaves the backlog with it
+            if old.invite && !old.answered {
+                self.invites_unanswered = self.invites_unanswered.saturating_sub(1);
+            }
+        }
         if invite {
+            self.invites_unanswered += 1;
             // §16.6 step 11: Timer C bounds an INVITE that rings and is never answered.
             self.arm_timer_c(now, &server);
             // §16.2: a stateful proxy answers an INVITE with 100 Trying itself.

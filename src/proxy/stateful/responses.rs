@@ -91,6 +91,12 @@ impl Proxy {
             return; // responses to our CANCELs need no further action
         }
         let server = b.server.clone();
+        if matches!(event, ClientEvent::Provisional(..) | ClientEvent::Final(..)) {
+            self.mark_answered(&server);
+        }
+        let Some(b) = self.branches.get_mut(key) else {
+            return;
+        };
         match event {
             ClientEvent::Provisional(status, _) => {
                 b.ringing = true;
@@ -258,6 +264,8 @@ impl Proxy {
         if pending || waiting || serial_left {
             return;
         }
+        // an INVITE that ends unanswered (Timer B, no target) leaves the backlog
+        self.mark_answered(server);
         let Some(ctx) = self.contexts.remove(server) else {
             return;
         };

@@ -602,3 +602,55 @@ fn a_stale_answer_waits_for_the_retry_even_when_the_other_fork_fails() {
         "the phone's 486 came first in its class"
     );
 }
+
+#[test]
+fn an_invite_leaves_the_overload_backlog_at_its_first_answer_or_its_end() {
+    let t0 = Instant::now();
+    let (mut p, _, a) = start(t0, Plan::Parallel(vec![target(11), target(12)]));
+    let fresh = CallLoad {
+        unanswered: 1,
+        answered_total: 0,
+    };
+    assert_eq!(p.invite_load(), fresh);
+    // a 100 Trying from either branch is an answer: the node did its part
+    let inv1 = sent(&a, "10.0.0.11:5060", "INVITE");
+    answer(&mut p, t0, &inv1, 100, "b1");
+    let answered = CallLoad {
+        unanswered: 0,
+        answered_total: 1,
+    };
+    assert_eq!(p.invite_load(), answered);
+    answer(&mut p, t0, &inv1, 180, "b1");
+    assert_eq!(p.invite_load(), answered, "counted once per INVITE");
+
+    // an INVITE nobody answers leaves the backlog when it times out (Timer B)
+    let (mut p, _, _) = start(t0, Plan::Parallel(vec![target(11)]));
+    assert_eq!(p.invite_load(), fresh);
+    while let Some(at) = p.poll_timeout().filter(|&at| at <= t0 + s(60)) {
+        p.handle_timeout(at);
+        drain(&mut p);
+    }
+    assert_eq!(p.invite_load(), answered);
+
+    // a BYE is not an INVITE
+    let (p, _, _) = {
+        let mut p = proxy();
+        let bye = request(
+            "BYE sip:bob@10.0.0.11 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKbye\r\n\
+             From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b1\r\n\
+             Call-ID: call-1\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        );
+        let server = TxKey::for_request(&bye, &bye.top_via().unwrap(), "BYE");
+        p.forward(
+            t0,
+            server.clone(),
+            bye,
+            Plan::Parallel(vec![target(11)]),
+            false,
+            caller(),
+        );
+        (p, server, ())
+    };
+    assert_eq!(p.invite_load(), CallLoad::default());
+}
