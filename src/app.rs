@@ -5,6 +5,7 @@
 //! the node itself only handles messages and timers.
 
 use crate::admin::NodeStatus;
+use crate::admission::overload::CallOverload;
 use crate::admission::AdmitAll;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
@@ -217,6 +218,11 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         flows: flows.clone(),
         cluster,
         poller,
+        // validated when the config was loaded
+        overload: cfg.admission.calls.overload().ok().flatten().map(|c| {
+            let now = crate::node::Now::read();
+            CallOverload::new(c, now.at, now.unix_ms())
+        }),
     }));
     let handler: Arc<dyn Handler> = Arc::new(NodeHandle(node.clone()));
     for (sock, _) in &udp_socks {

@@ -2,8 +2,10 @@
 //! them through validation and the transaction layer, and hands new requests to the
 //! registrar or answers them itself (RFC 3261 §8.2, §16.3, §17.2.3, §18.2).
 
+mod overload;
 mod uas;
 
+use crate::admission::overload::CallOverload;
 use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::cluster::Cluster;
 use crate::proxy::calls::CallTable;
@@ -57,6 +59,8 @@ pub struct Node {
     cluster: Option<Arc<Cluster>>,
     /// OPTIONS polls of this node's phones (`registrar.poll_contacts`).
     poller: Mutex<Option<ContactPoller>>,
+    /// Call overload control (`[admission.calls]`); none when it is off.
+    overload: Option<Mutex<CallOverload>>,
 }
 
 /// Everything a node is built from (see `crate::app::start`, which binds the
@@ -76,6 +80,8 @@ pub struct NodeParts {
     pub flows: Arc<Flows>,
     pub cluster: Option<Arc<Cluster>>,
     pub poller: Option<ContactPoller>,
+    /// Call overload control of new INVITEs; `None`: every INVITE is proxied.
+    pub overload: Option<CallOverload>,
 }
 
 /// The dial plan and where its gateway groups lead, and who may call unchallenged.
@@ -198,6 +204,7 @@ impl Node {
             flows: parts.flows,
             cluster: parts.cluster,
             poller: Mutex::new(parts.poller),
+            overload: parts.overload.map(Mutex::new),
         }
     }
 
@@ -401,7 +408,13 @@ impl Node {
     }
 
     /// A new request for a user (§16): digit analysis, then the stateful proxy.
-    fn forward(&self, now: Now, key: TxKey, req: Request, src: &Source, dest: SocketAddr) {
+    fn forward(&self, now: Now, key: TxKey, mut req: Request, src: &Source, dest: SocketAddr) {
+        // issue 9 item 6: past capacity a new call is refused before any work
+        if req.method == Method::Invite {
+            if let Some(r) = self.admit_call(now, &mut req) {
+                return self.respond(now, &key, &req, src, dest, r);
+            }
+        }
         // RFC 3261 §22.3: local users' calls are authenticated (407); gateways and
         // trusted addresses are not challenged.
         // A request from another node of the cluster is for a phone registered
