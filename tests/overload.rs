@@ -44,7 +44,8 @@ async fn response_for(c: &UdpClient, call_id: &str, want: u16) -> String {
 }
 
 /// Keys that make three unanswered INVITEs the limit, whatever the rate.
-const TIGHT: &str = "min_backlog = 3\ntarget_wait_ms = 1\ninitial_rate = 1.0\nretry_after_secs = 7";
+const TIGHT: &str =
+    "min_backlog = 3\ntarget_wait_ms = 1\ninitial_rate = 1.0\nretry_after_secs = 7\nburst_ms = 0";
 
 #[tokio::test]
 async fn new_invites_past_the_backlog_get_503_while_dialogs_go_on() {

@@ -83,6 +83,10 @@ pub struct CallOverloadConfig {
     /// `oc-validity` of the RFC 7339 feedback given to upstream servers that
     /// put `oc` in their Via (milliseconds).
     pub oc_validity_ms: u64,
+    /// A backlog over the limit for less than this is a burst the queue rides
+    /// out, not overload: nothing is refused (applied only after a calm spell
+    /// of 2 s without refusals; milliseconds, 0: refuse at once).
+    pub burst_ms: u64,
 }
 
 impl Default for CallOverloadConfig {
@@ -95,6 +99,7 @@ impl Default for CallOverloadConfig {
             initial_rate: d.initial_rate,
             retry_after_secs: d.retry_after_secs,
             oc_validity_ms: d.oc_validity.as_millis() as u64,
+            burst_ms: d.burst.as_millis() as u64,
         }
     }
 }
@@ -125,6 +130,10 @@ impl CallOverloadConfig {
             // the reduction is recomputed every 500 ms: shorter feedback lapses
             return Err(bad("oc_validity_ms", "must be >= 500"));
         }
+        // past T1 (500 ms) every UDP caller retransmits into the backlog
+        if self.burst_ms > 2_000 {
+            return Err(bad("burst_ms", "must be at most 2000"));
+        }
         if !self.enabled {
             return Ok(None);
         }
@@ -134,6 +143,7 @@ impl CallOverloadConfig {
             initial_rate: self.initial_rate,
             retry_after_secs: self.retry_after_secs,
             oc_validity: Duration::from_millis(self.oc_validity_ms),
+            burst: Duration::from_millis(self.burst_ms),
         }))
     }
 }
@@ -369,6 +379,13 @@ mod tests {
                     ..CallOverloadConfig::default()
                 },
                 "calls.oc_validity_ms",
+            ),
+            (
+                CallOverloadConfig {
+                    burst_ms: 5000,
+                    ..CallOverloadConfig::default()
+                },
+                "calls.burst_ms",
             ),
         ] {
             assert_eq!(cfg.overload().unwrap_err().key, key);

@@ -39,6 +39,11 @@ pub struct OverloadConfig {
     pub retry_after_secs: u32,
     /// `oc-validity` of RFC 7339 feedback (§5.2).
     pub oc_validity: Duration,
+    /// A backlog over the limit is absorbed this long before the first
+    /// refusal: a burst (a stall of the node or of the next hop) that the
+    /// queue rides out is not overload. Not applied again while refusals are
+    /// recent, so a standing overload is held at the limit.
+    pub burst: Duration,
 }
 
 impl Default for OverloadConfig {
@@ -49,6 +54,7 @@ impl Default for OverloadConfig {
             initial_rate: 1000.0,
             retry_after_secs: 2,
             oc_validity: Duration::from_millis(2000),
+            burst: Duration::from_millis(300),
         }
     }
 }
@@ -91,6 +97,8 @@ const REDUCTION_INTERVAL: Duration = Duration::from_millis(500);
 /// The service rate's averaging interval and weight.
 const RATE_INTERVAL: Duration = Duration::from_millis(100);
 const RATE_ALPHA: f64 = 0.3;
+/// Refusals this recent mean the overload is standing: no burst allowance.
+const CALM: Duration = Duration::from_secs(2);
 
 pub struct CallOverload {
     cfg: OverloadConfig,
@@ -104,6 +112,9 @@ pub struct CallOverload {
     interval_start: Instant,
     reduction: u8,
     reduction_set_at: Instant,
+    /// Since when the backlog has been at or over the limit.
+    over_since: Option<Instant>,
+    last_refusal: Option<Instant>,
 }
 
 impl CallOverload {
@@ -120,6 +131,8 @@ impl CallOverload {
             interval_start: now,
             reduction: 0,
             reduction_set_at: now,
+            over_since: None,
+            last_refusal: None,
         }
     }
 
@@ -143,7 +156,18 @@ impl CallOverload {
     /// A new out-of-dialog INVITE arrived; `load` is the proxy's counters now.
     pub fn on_invite(&mut self, now: Instant, load: CallLoad) -> CallVerdict {
         self.observe(now, load);
-        if load.unanswered >= self.limit() {
+        let refuse = if load.unanswered < self.limit() {
+            self.over_since = None;
+            false
+        } else {
+            let since = *self.over_since.get_or_insert(now);
+            let standing = self
+                .last_refusal
+                .is_some_and(|t| now.saturating_duration_since(t) < CALM);
+            standing || now.saturating_duration_since(since) >= self.cfg.burst
+        };
+        if refuse {
+            self.last_refusal = Some(now);
             self.refused += 1;
             CallVerdict::Refuse {
                 retry_after_secs: self.cfg.retry_after_secs,
@@ -266,6 +290,7 @@ mod tests {
             initial_rate: 100.0,
             retry_after_secs: 3,
             oc_validity: ms(2000),
+            burst: Duration::ZERO,
         }
     }
 
@@ -351,6 +376,48 @@ mod tests {
             answered_total: 13,
         };
         assert_eq!(c.on_invite(t0 + ms(1060), drained), CallVerdict::Admit);
+    }
+
+    #[test]
+    fn a_burst_is_absorbed_but_a_standing_backlog_is_refused_at_once() {
+        let t0 = Instant::now();
+        let mut c = CallOverload::new(
+            OverloadConfig {
+                burst: ms(300),
+                ..cfg()
+            },
+            t0,
+            0,
+        );
+        let over = CallLoad {
+            unanswered: 50,
+            answered_total: 0,
+        };
+        let under = CallLoad {
+            unanswered: 5,
+            answered_total: 0,
+        };
+        // over the limit for less than the burst allowance: admitted
+        assert_eq!(c.on_invite(t0, over), CallVerdict::Admit);
+        assert_eq!(c.on_invite(t0 + ms(299), over), CallVerdict::Admit);
+        // a dip below restarts the allowance
+        assert_eq!(c.on_invite(t0 + ms(300), under), CallVerdict::Admit);
+        assert_eq!(c.on_invite(t0 + ms(310), over), CallVerdict::Admit);
+        // over for the whole allowance: refused
+        assert!(matches!(
+            c.on_invite(t0 + ms(610), over),
+            CallVerdict::Refuse { .. }
+        ));
+        // while refusals are recent, the next excursion over the limit is
+        // refused at once (the overload is standing)
+        assert_eq!(c.on_invite(t0 + ms(620), under), CallVerdict::Admit);
+        assert!(matches!(
+            c.on_invite(t0 + ms(630), over),
+            CallVerdict::Refuse { .. }
+        ));
+        // after a calm spell the allowance applies again
+        assert_eq!(c.on_invite(t0 + ms(640), under), CallVerdict::Admit);
+        assert_eq!(c.on_invite(t0 + ms(2700), over), CallVerdict::Admit);
     }
 
     #[test]
