@@ -11,14 +11,16 @@
 #
 # A benchmark, not a test: it prints figures and asserts nothing. Needs shared/
 # beside the repository, sipp and kamailio, and target/release/tandem.
-# Environment: SECS (10), SKIP_KAMAILIO=1.
+# Environment: SECS (10), SKIP_KAMAILIO=1, OVERLOAD=on|off (Tandem's
+# [admission.calls] call overload control; default on, as in the shipped config),
+# TANDEM (the binary; default target/release/tandem).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 shared=${SHARED:-$repo/../shared}
 sweep=$shared/bench/sipp/sweep.sh
 cpu_of=$shared/bench/cpu_of.sh
-tandem=$repo/target/release/tandem
+tandem=${TANDEM:-$repo/target/release/tandem}
 SECS=${SECS:-10}
 rates=("$@")
 [ ${#rates[@]} -gt 0 ] || rates=(1000 2000 3000)
@@ -32,7 +34,14 @@ server_pid="" answer_pid=""
 stop_all() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   server_pid=""
-  [ -f "$work/kam.pid" ] && kill "$(cat "$work/kam.pid")" 2>/dev/null && sleep 1 && rm -f "$work/kam.pid"
+  if [ -f "$work/kam.pid" ]; then
+    kill "$(cat "$work/kam.pid")" 2>/dev/null
+    rm -f "$work/kam.pid"
+    # Kamailio's children take seconds to exit (and free its 2 GB of shared
+    # memory): the next server must not share the CPU with them
+    for _ in $(seq 60); do pgrep -x kamailio >/dev/null || break; sleep 0.5; done
+    sleep 1
+  fi
   [ -n "$answer_pid" ] && kill "$answer_pid" 2>/dev/null && wait "$answer_pid" 2>/dev/null
   answer_pid=""
 }
@@ -62,6 +71,11 @@ run() { # LABEL TARGET PIDS...
 cfg=$work/tandem.toml
 sed -e 's/^authenticate = true/authenticate = false/' -e 's/^tcp = .*/tcp = []/' \
   -e 's/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$repo/config/tandem.toml" >"$cfg"
+# the line above turned every `enabled` off (admin, REGISTER admission); call
+# overload control is set on its own
+if [ "${OVERLOAD:-on}" = on ]; then
+  awk '/^\[/{s=$0} s=="[admission.calls]" && /^enabled = /{$0="enabled = true"} {print}' "$cfg" >"$cfg.new" && mv "$cfg.new" "$cfg"
+fi
 cat >>"$cfg" <<'TOML'
 
 [[gateways]]
@@ -77,7 +91,7 @@ pattern = "9XXX"
 gateway_group = "bench"
 TOML
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; SECS=$SECS; $("$tandem" --version)"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; SECS=$SECS; OVERLOAD=${OVERLOAD:-on}; $("$tandem" --version)"
 for rate in "${rates[@]}"; do
   if [ "${SKIP_KAMAILIO:-0}" != 1 ]; then
     start_answer
