@@ -161,10 +161,8 @@ async fn with_overload_control_off_every_invite_is_proxied() {
             .send(invite(&caller, &ruri, &id, &id).as_bytes())
             .await;
         invite_for(&gw, &id).await;
+        // (no metrics check: the registry is shared by this binary's tests)
+        let r = response_for(&caller, &id, 100).await;
+        assert_eq!(headers(&r, "CSeq"), ["1 INVITE"], "{r}");
     }
-    let metrics = http_get(n.admin(), "/metrics").await;
-    assert!(
-        !metrics.contains("tandem_calls_refused_total{"),
-        "{metrics}"
-    );
 }
