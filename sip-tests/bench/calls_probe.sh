@@ -8,20 +8,20 @@
 # (unanswered INVITEs, projected wait), live server transactions, proxy
 # contexts, absorbed retransmissions and 503s sent. MIN_BACKLOG (default
 # 1000000000: observe only, never refuse) is [admission.calls] min_backlog,
-# TARGET_MS (200) its target_wait_ms.
+# TARGET_MS (100) its target_wait_ms.
 # A measurement aid, not a test. Needs sipp, ../shared, target/release/tandem.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 shared=${SHARED:-$repo/../shared}
 tandem=${TANDEM:-$repo/target/release/tandem}
-rate=$1 min_backlog=${2:-1000000000} SECS=${SECS:-10} target_ms=${TARGET_MS:-200}
+rate=$1 min_backlog=${2:-1000000000} SECS=${SECS:-10} target_ms=${TARGET_MS:-100}
 work=$(mktemp -d /tmp/tandem-probe.XXXXXX)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 cfg=$work/tandem.toml
 sed -e 's/^authenticate = true/authenticate = false/' -e 's/^tcp = .*/tcp = []/' \
-  -e 's/^level = .*/level = "warn"/' -e "s/^min_backlog = .*/min_backlog = $min_backlog/" -e "s/^target_wait_ms = 200$/target_wait_ms = $target_ms/" \
+  -e 's/^level = .*/level = "warn"/' -e "s/^min_backlog = .*/min_backlog = $min_backlog/" -e "s/^target_wait_ms = 100$/target_wait_ms = $target_ms/" \
   -e "s#^path = .*#path = \"$work/tandem.db\"#" "$repo/config/tandem.toml" >"$cfg"
 sed -i '/^\[admission\]/,/^\[admission.calls\]/ s/^enabled = true/enabled = false/' "$cfg"
 cat >>"$cfg" <<'TOML'

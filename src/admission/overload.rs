@@ -49,7 +49,7 @@ pub struct OverloadConfig {
 impl Default for OverloadConfig {
     fn default() -> Self {
         OverloadConfig {
-            target_wait: Duration::from_millis(200),
+            target_wait: Duration::from_millis(100),
             min_backlog: 100,
             initial_rate: 1000.0,
             retry_after_secs: 2,
