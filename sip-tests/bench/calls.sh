@@ -6,7 +6,8 @@
 # 127.0.0.1:5090) and Tandem (no auth, a route pattern 9XXX to a gateway at
 # 127.0.0.1:5090). The caller is ../shared/bench/sipp/call.xml dialling 9000
 # through ../shared/bench/sipp/sweep.sh; the answering party is SIPp answer.xml on
-# 127.0.0.1:5090, restarted for every run. Prints the sweep line and the server's
+# 127.0.0.1:5090, restarted for every run. Prints the sweep line, the goodput
+# (calls completed per second from second 2 to second SECS) and the server's
 # CPU per call (../shared/bench/cpu_of.sh before and after).
 #
 # A benchmark, not a test: it prints figures and asserts nothing. Needs shared/
@@ -18,13 +19,12 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 shared=${SHARED:-$repo/../shared}
-sweep=$shared/bench/sipp/sweep.sh
 cpu_of=$shared/bench/cpu_of.sh
 tandem=${TANDEM:-$repo/target/release/tandem}
 SECS=${SECS:-10}
 rates=("$@")
 [ ${#rates[@]} -gt 0 ] || rates=(1000 2000 3000)
-for f in "$sweep" "$cpu_of" "$tandem"; do
+for f in "$cpu_of" "$tandem"; do
   [ -e "$f" ] || { echo "missing $f" >&2; exit 2; }
 done
 command -v sipp >/dev/null && command -v kamailio >/dev/null || { echo "need sipp and kamailio" >&2; exit 2; }
@@ -53,12 +53,34 @@ start_answer() {
   sleep 1
 }
 
+# The shared sweep.sh's SIPp command, keeping SIPp's per-second statistics in
+# $work/stat.csv for the goodput below; prints the same line as sweep.sh.
+sweep() { # TARGET
+  local n=$((rate * SECS))
+  rm -f "$work/stat.csv"
+  timeout $((SECS * 4 + 20)) sipp "$1" -sf "$shared/bench/sipp/call.xml" -s 9000 -r "$rate" -m "$n" \
+    -l $((rate * 5)) -i 127.0.0.1 -p 5081 -trace_stat -fd 1 -stf "$work/stat.csv" -nostdin \
+    -timeout $((SECS * 3 + 10))s >"$work/sipp.txt" 2>&1
+  tail -n 1 "$work/stat.csv" | awk -F';' -v r="$rate" \
+    '{print "rate="r" ok="$16" failed="$18" elapsed="$5" maxretrans="$22" unexpected="$28}'
+}
+
 run() { # LABEL TARGET PIDS...
   local label=$1 target=$2
   shift 2
   local c0 c1 line ok
   c0=$(bash "$cpu_of" "$@")
-  line=$(SIPP_ARGS="-s 9000" bash "$sweep" "$target" "$rate" "$SECS" "$shared/bench/sipp/call.xml")
+  line=$(sweep "$target")
+  # goodput: calls completed per second between second 2 and second SECS of the
+  # offered load (the steady state, before the tail of late calls)
+  if [ -f "$work/stat.csv" ]; then
+    line="$line $(awk -F';' -v s="$SECS" 'NR > 1 {
+        split($5, t, ":"); e = t[1] * 3600 + t[2] * 60 + t[3]
+        if (!a && e >= 2) { a = 1; ok0 = $16; e0 = e }
+        if (a && e <= s) { ok1 = $16; e1 = e } }
+      END { if (e1 > e0) printf "goodput=%d", (ok1 - ok0) / (e1 - e0); else print "goodput=?" }' "$work/stat.csv")"
+    rm -f "$work/stat.csv"
+  fi
   c1=$(bash "$cpu_of" "$@")
   ok=$(echo "$line" | sed -n 's/.* ok=\([0-9]*\).*/\1/p')
   if [ -n "$ok" ] && [ "$ok" -gt 0 ]; then
