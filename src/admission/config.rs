@@ -61,7 +61,10 @@ impl Default for AdmissionConfig {
         let front = FrontConfig::default();
         AdmissionConfig {
             enabled: true,
-            target_wait_ms: front.target_wait.as_millis() as u64,
+            // Below T1 (500 ms): a queued REGISTER over UDP is answered before
+            // its phone's first retransmission (RFC 4320 forbids the early 100
+            // that would slow it down; see `node/register.rs`).
+            target_wait_ms: 400,
             max_wait_ms: front.max_wait.as_millis() as u64,
             aging_ms: front.aging.as_millis() as u64,
             queue_priority: front.capacity.priority,
@@ -194,10 +197,10 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_are_the_fronts_defaults() {
+    fn the_defaults_are_the_fronts_defaults_but_a_wait_under_t1() {
         let f = AdmissionConfig::default().front(aor).unwrap();
         let d = FrontConfig::default();
-        assert_eq!(f.target_wait, d.target_wait);
+        assert_eq!(f.target_wait, Duration::from_millis(400));
         assert_eq!(f.max_wait, d.max_wait);
         assert_eq!(f.capacity, d.capacity);
         assert_eq!(f.token_timeout, d.token_timeout);

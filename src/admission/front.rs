@@ -98,6 +98,14 @@ pub enum TokenVerdict {
     },
 }
 
+/// A REGISTER refused on arrival, handed back to be answered `503` with this
+/// `Retry-After`.
+#[derive(Debug)]
+pub struct Refused<T> {
+    pub item: T,
+    pub retry_after_secs: u32,
+}
+
 /// A REGISTER that waited `max_wait`: answer 503 with this Retry-After (its
 /// retry inside the window is served at token priority).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +116,26 @@ pub struct Expired<T> {
     pub retry_after_secs: u32,
 }
 
-/// The state `GET /admission` will show.
+/// What the front has done since it started (the node publishes these as
+/// Prometheus counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub tokens_granted: u64,
+    /// Token requests answered 503 + Retry-After.
+    pub tokens_denied: u64,
+    /// Explicit tokens that expired unused.
+    pub tokens_expired: u64,
+    /// REGISTERs that carried a valid explicit token.
+    pub tokens_used: u64,
+    /// REGISTERs served at token priority by their implicit token.
+    pub implicit_used: u64,
+    /// REGISTERs answered 503 + Retry-After on arrival (load or a full class).
+    pub refused: u64,
+    /// REGISTERs answered 503 + Retry-After after waiting `max_wait`.
+    pub expired_in_queue: u64,
+}
+
+/// The state `GET /admission` shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub queued_priority: usize,
@@ -122,6 +149,7 @@ pub struct Snapshot {
     pub projected_wait: Duration,
     /// How far ahead the retry schedule has handed out slots.
     pub retry_horizon: Duration,
+    pub counts: Counts,
 }
 
 struct Waiting<T> {
@@ -137,6 +165,7 @@ pub struct Front<T> {
     rate: ServiceRate,
     schedule: RetrySchedule,
     expired: VecDeque<Expired<T>>,
+    counts: Counts,
 }
 
 impl<T> Front<T> {
@@ -155,20 +184,42 @@ impl<T> Front<T> {
             ),
             schedule: RetrySchedule::new(cfg.jitter, schedule_rng),
             expired: VecDeque::new(),
+            counts: Counts::default(),
             cfg,
         }
     }
 
     /// Seed 002 FIG. 6: classifies one REGISTER and queues or refuses it.
     pub fn on_register(&mut self, now: Instant, facts: &RegisterFacts<'_>, item: T) -> Verdict {
+        match self.offer(now, facts, item) {
+            Ok(class) => Verdict::Queued(class),
+            Err(r) => Verdict::Refuse {
+                retry_after_secs: r.retry_after_secs,
+            },
+        }
+    }
+
+    /// [`on_register`](Self::on_register) that hands a refused item back, so
+    /// the caller can answer it.
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        facts: &RegisterFacts<'_>,
+        item: T,
+    ) -> Result<RegistrationClass, Refused<T>> {
         self.rate.tick(now, self.queue.len());
         let c = classify(&self.cfg.rules, &mut self.tokens, now, facts);
         let key = facts.implicit_key();
+        match c.basis {
+            Basis::Token => self.counts.tokens_used += 1,
+            Basis::ImplicitToken => self.counts.implicit_used += 1,
+            _ => {}
+        }
         let early = match c.basis {
             Basis::Refresh => {
                 self.queue
                     .push_over_capacity(now, Waiting { item, key }, c.class);
-                return Verdict::Queued(c.class);
+                return Ok(c.class);
             }
             Basis::Initial { early, .. } => early,
             _ => None,
@@ -177,12 +228,27 @@ impl<T> Front<T> {
         // FIG. 3: "if registration queue 62 contains greater than a threshold
         // number of requests … may deny the initial registration request").
         if c.class == RegistrationClass::Initial && !self.under_target() {
-            return self.refuse_register(now, &key, early);
+            let retry_after_secs = self.refuse_register(now, &key, early);
+            return Err(Refused {
+                item,
+                retry_after_secs,
+            });
         }
         match self.queue.push(now, Waiting { item, key }, c.class) {
-            Ok(()) => Verdict::Queued(c.class),
-            Err(Full(w)) => self.refuse_register(now, &w.key, early),
+            Ok(()) => Ok(c.class),
+            Err(Full(w)) => {
+                let retry_after_secs = self.refuse_register(now, &w.key, early);
+                Err(Refused {
+                    item: w.item,
+                    retry_after_secs,
+                })
+            }
         }
+    }
+
+    /// REGISTERs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// Seed 002 FIG. 5: grants a token to `device` (its AOR) while the
@@ -192,9 +258,11 @@ impl<T> Front<T> {
         if self.under_target() {
             let timeout = self.cfg.token_timeout;
             if let Ok(token) = self.tokens.grant(now, device, timeout) {
+                self.counts.tokens_granted += 1;
                 return TokenVerdict::Grant { token, timeout };
             }
         }
+        self.counts.tokens_denied += 1;
         TokenVerdict::Refuse {
             retry_after_secs: self.next_retry(now),
         }
@@ -221,9 +289,10 @@ impl<T> Front<T> {
     /// implicit token) and forgets expired tokens.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rate.tick(now, self.queue.len());
-        self.tokens.expire(now);
+        self.counts.tokens_expired += self.tokens.expire(now) as u64;
         self.queue.handle_timeout(now);
         while let Some(d) = self.queue.poll_expired() {
+            self.counts.expired_in_queue += 1;
             let retry_after_secs = self.next_retry(now);
             self.record_implicit(now, &d.item.key, retry_after_secs);
             self.expired.push_back(Expired {
@@ -256,6 +325,7 @@ impl<T> Front<T> {
             service_rate: self.rate.per_sec(),
             projected_wait: self.projected_wait(),
             retry_horizon: self.schedule.horizon(now),
+            counts: self.counts,
         }
     }
 
@@ -277,16 +347,16 @@ impl<T> Front<T> {
     /// Refuses a REGISTER with a slot and records its implicit token. A retry
     /// that came before its window is told the time left to it: it keeps its
     /// slot instead of taking a new, later one.
-    fn refuse_register(&mut self, now: Instant, key: &str, early: Option<Duration>) -> Verdict {
-        let retry_after_secs = match early {
+    fn refuse_register(&mut self, now: Instant, key: &str, early: Option<Duration>) -> u32 {
+        self.counts.refused += 1;
+        match early {
             Some(left) => (left.as_secs_f64().ceil() as u32).max(1),
             None => {
                 let secs = self.next_retry(now);
                 self.record_implicit(now, key, secs);
                 secs
             }
-        };
-        Verdict::Refuse { retry_after_secs }
+        }
     }
 
     fn record_implicit(&mut self, now: Instant, key: &str, retry_after_secs: u32) {
@@ -403,6 +473,17 @@ mod tests {
             f.on_token_request(t0 + secs(30), "sip:x@h"),
             TokenVerdict::Grant { .. }
         ));
+        let c = f.snapshot(t0 + secs(30)).counts;
+        assert_eq!(
+            (
+                c.tokens_granted,
+                c.tokens_denied,
+                c.tokens_used,
+                c.tokens_expired
+            ),
+            (21, 31, 1, 19),
+            "19 of the first 20 tokens expired unused"
+        );
     }
 
     #[test]
@@ -435,6 +516,8 @@ mod tests {
         let late = t0 + secs(23);
         assert_eq!(f.on_register(late, &b, 101), refuse(20));
         assert_eq!(f.snapshot(late).service_rate, 1.0);
+        let c = f.snapshot(late).counts;
+        assert_eq!((c.refused, c.implicit_used), (4, 1));
     }
 
     #[test]
