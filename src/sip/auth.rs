@@ -1684,7 +1684,7 @@ mod tests {
             let ch = parse_challenge(&value).unwrap();
             assert_eq!(ch.algorithm, alg);
             assert!(ch.qop_auth && ch.stale == stale, "{ch:?}");
-            let auth = authorization(&ch, "REGISTER", "sip:h", "alice", "pw", "c0ffee", 3);
+            let auth = super::authorization(&ch, "REGISTER", "sip:h", "alice", "pw", "c0ffee", 3);
             let resp = parse_authorization(&auth).unwrap();
             assert_eq!(resp.nc, Some(3));
             assert!(verify(&resp, "REGISTER", "pw"), "{auth}");
@@ -1702,7 +1702,7 @@ mod tests {
         let ch = pick_challenge(values).unwrap();
         assert_eq!((ch.nonce.as_str(), ch.algorithm), ("y", Algorithm::Md5));
         assert!(!ch.qop_auth);
-        let auth = authorization(&ch, "REGISTER", "sip:h", "bob", "pw", "c", 1);
+        let auth = super::authorization(&ch, "REGISTER", "sip:h", "bob", "pw", "c", 1);
         assert!(
             auth.contains("opaque=\"op\"") && !auth.contains("qop"),
             "{auth}"
