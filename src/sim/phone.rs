@@ -278,7 +278,7 @@ impl Phone {
 
     /// Performs the state's action if its time has come and no transaction runs.
     fn run_due(&mut self, p: &Profile, now: Instant) {
-        if self.tx.is_some() || !self.wake.is_some_and(|w| w <= now) {
+        if self.tx.is_some() || self.wake.is_none_or(|w| w > now) {
             return;
         }
         self.wake = None;
