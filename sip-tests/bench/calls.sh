@@ -61,7 +61,7 @@ run() { # LABEL TARGET PIDS...
 
 cfg=$work/tandem.toml
 sed -e 's/^authenticate = true/authenticate = false/' -e 's/^tcp = .*/tcp = []/' \
-  -e 's/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$repo/config/tandem.toml" >"$cfg"
+  -e '/^\[admin\]/,/^\[/ s/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$repo/config/tandem.toml" >"$cfg"
 cat >>"$cfg" <<'TOML'
 
 [[gateways]]

@@ -449,12 +449,16 @@ mod tests {
         let denials: Vec<u32> = (0..31)
             .map(|k| token_retry(f.on_token_request(t0, &format!("sip:late{k}@h"))))
             .collect();
-        // slots from 2 s (the backlog drained) at 0.1 s: 2.0, 2.1 … 5.0
-        let mut expected = vec![2];
-        expected.extend([3; 10]);
-        expected.extend([4; 10]);
-        expected.extend([5; 10]);
-        assert_eq!(denials, expected);
+        // slots from 2 s (the backlog drained) at 0.1 s: 2.0, 2.1 … 5.0; all
+        // refused at one instant, so one phase: the arrival buckets spread
+        // them over those seconds and at most SPILL (2) seconds past
+        let mut per_second = std::collections::BTreeMap::new();
+        for d in &denials {
+            *per_second.entry(*d).or_insert(0) += 1;
+        }
+        assert_eq!(per_second.keys().next(), Some(&2), "{per_second:?}");
+        assert!(*per_second.keys().last().unwrap() <= 7, "{per_second:?}");
+        assert!(per_second.values().all(|n| *n <= 11), "{per_second:?}");
         let s = f.snapshot(t0);
         assert_eq!((s.tokens_outstanding, s.tokens_pending), (20, 20));
         assert_eq!(s.projected_wait, secs(2));
@@ -662,7 +666,7 @@ mod tests {
             *back_at.keys().last().unwrap(),
         );
         assert!(
-            (2..=3).contains(&first) && (49..=51).contains(&last),
+            (2..=3).contains(&first) && (49..=53).contains(&last),
             "{first}..{last}"
         );
         // every retry that comes on time is token priority
