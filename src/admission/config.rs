@@ -74,7 +74,10 @@ impl Default for AdmissionConfig {
             implicit_window_secs: front.implicit_window.as_secs(),
             max_tokens: front.max_tokens,
             max_implicit: front.max_implicit,
-            initial_rate: front.initial_rate,
+            // a durable node on a small machine serves thousands a second
+            // (docs/benchmarks.md); what is assumed here paces the first
+            // second's refusals, until the node has measured itself
+            initial_rate: 1000.0,
             max_in_flight: 1024,
             service_rate_limit: 0,
             priority_aors: Vec::new(),

@@ -19,6 +19,7 @@ use super::RegistrationClass;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Everything the front is built from (the future `[admission]` section).
@@ -254,8 +255,29 @@ impl<T> Front<T> {
     /// Seed 002 FIG. 5: grants a token to `device` (its AOR) while the
     /// projected wait is under the target, else refuses with a scheduled retry.
     pub fn on_token_request(&mut self, now: Instant, device: &str) -> TokenVerdict {
+        self.token_request(now, device, false)
+    }
+
+    /// A token request with what tells a priority device (FIG. 6 step 122):
+    /// a priority device is granted one whatever the load, as its REGISTER
+    /// would be queued whatever the load.
+    pub fn on_token_request_from(
+        &mut self,
+        now: Instant,
+        device: &str,
+        source: IpAddr,
+        resource_priority: Option<&str>,
+    ) -> TokenVerdict {
+        let priority = self
+            .cfg
+            .rules
+            .is_priority(device, source, resource_priority);
+        self.token_request(now, device, priority)
+    }
+
+    fn token_request(&mut self, now: Instant, device: &str, priority: bool) -> TokenVerdict {
         self.rate.tick(now, self.queue.len());
-        if self.under_target() {
+        if priority || self.under_target() {
             let timeout = self.cfg.token_timeout;
             if let Ok(token) = self.tokens.grant(now, device, timeout) {
                 self.counts.tokens_granted += 1;
@@ -263,6 +285,7 @@ impl<T> Front<T> {
             }
         }
         self.counts.tokens_denied += 1;
+        self.rate.on_refused(now, self.queue.len());
         TokenVerdict::Refuse {
             retry_after_secs: self.next_retry(now),
         }
@@ -349,6 +372,7 @@ impl<T> Front<T> {
     /// slot instead of taking a new, later one.
     fn refuse_register(&mut self, now: Instant, key: &str, early: Option<Duration>) -> u32 {
         self.counts.refused += 1;
+        self.rate.on_refused(now, self.queue.len());
         match early {
             Some(left) => (left.as_secs_f64().ceil() as u32).max(1),
             None => {
@@ -488,6 +512,30 @@ mod tests {
             (21, 31, 1, 19),
             "19 of the first 20 tokens expired unused"
         );
+    }
+
+    #[test]
+    fn a_priority_device_gets_a_token_whatever_the_load() {
+        let t0 = Instant::now();
+        let mut f = front();
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        for k in 0..20 {
+            let aor = format!("sip:{k}@h");
+            assert!(matches!(
+                f.on_token_request_from(t0, &aor, ip, None),
+                TokenVerdict::Grant { .. }
+            ));
+        }
+        // the projected wait is at the target: phones are refused …
+        assert!(matches!(
+            f.on_token_request_from(t0, "sip:late@h", ip, None),
+            TokenVerdict::Refuse { .. }
+        ));
+        // … the configured gateway is not
+        assert!(matches!(
+            f.on_token_request_from(t0, "sip:gw@h", ip, None),
+            TokenVerdict::Grant { .. }
+        ));
     }
 
     #[test]

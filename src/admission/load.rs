@@ -25,7 +25,15 @@ pub struct ServiceRate {
     rate: f64,
     bucket_start: Option<Instant>,
     bucket_count: u64,
+    /// Work was refused in this interval (a token or an initial REGISTER).
+    refused: bool,
 }
+
+/// An unsaturated interval in which work was refused doubles the estimate: the
+/// estimate itself was the limit (TCP's slow start, for the same reason).
+const PROBE: f64 = 2.0;
+/// The estimate never grows past this (registrations a second).
+const CEILING: f64 = 1_000_000.0;
 
 impl ServiceRate {
     /// `initial`: the rate assumed until a saturated interval says otherwise.
@@ -38,6 +46,7 @@ impl ServiceRate {
             rate: initial.max(floor),
             bucket_start: None,
             bucket_count: 0,
+            refused: false,
         }
     }
 
@@ -58,9 +67,18 @@ impl ServiceRate {
             return;
         }
         let sample = self.bucket_count as f64 / self.interval.as_secs_f64();
-        if queued > 0 || sample > self.rate {
+        if queued > 0 {
+            self.rate = (self.alpha * sample + (1.0 - self.alpha) * self.rate).max(self.floor);
+        } else if self.refused {
+            // Not saturated, yet work was turned away by the grant rule, which
+            // divides by this very estimate: an estimate too low would otherwise
+            // throttle the node to itself for good. Probe upwards; the first
+            // saturated interval brings it back to what the node serves.
+            self.rate = (self.rate.max(sample) * PROBE).min(CEILING);
+        } else if sample > self.rate {
             self.rate = (self.alpha * sample + (1.0 - self.alpha) * self.rate).max(self.floor);
         }
+        self.refused = false;
         // Whole intervals skipped since (nobody called) were idle: dropped, not
         // averaged in as zeros.
         let whole = elapsed.as_nanos() / self.interval.as_nanos();
@@ -73,6 +91,12 @@ impl ServiceRate {
     pub fn on_served(&mut self, now: Instant, n: u64, queued: usize) {
         self.tick(now, queued);
         self.bucket_count += n;
+    }
+
+    /// Work was refused at `now` (see [`PROBE`]).
+    pub fn on_refused(&mut self, now: Instant, queued: usize) {
+        self.tick(now, queued);
+        self.refused = true;
     }
 
     /// How long `backlog` registrations take to drain at the estimated rate.
@@ -140,5 +164,30 @@ mod tests {
         assert_eq!(r.per_sec(), 2.0);
         r.tick(t0 + ms(12_000), 1);
         assert_eq!(r.per_sec(), 8.0);
+    }
+
+    #[test]
+    fn an_unsaturated_node_that_refuses_work_probes_upwards() {
+        let t0 = Instant::now();
+        let mut r = ServiceRate::new(200.0, 1.0, ms(1000), 0.3);
+        r.tick(t0, 0);
+        // 150 served, the queue empty, but tokens were refused: the estimate
+        // was the limit, so it doubles
+        r.on_served(t0 + ms(500), 150, 0);
+        r.on_refused(t0 + ms(600), 0);
+        r.tick(t0 + ms(1000), 0);
+        assert_eq!(r.per_sec(), 400.0);
+        r.on_refused(t0 + ms(1500), 0);
+        r.tick(t0 + ms(2000), 0);
+        assert_eq!(r.per_sec(), 800.0);
+        // a saturated interval measures the node: 500 served with work queued
+        r.on_served(t0 + ms(2500), 500, 10);
+        r.on_refused(t0 + ms(2600), 10);
+        r.tick(t0 + ms(3000), 10);
+        assert_eq!(r.per_sec(), 0.3 * 500.0 + 0.7 * 800.0);
+        // nothing refused, nothing queued, little served: unchanged
+        r.on_served(t0 + ms(3500), 5, 0);
+        r.tick(t0 + ms(4000), 0);
+        assert_eq!(r.per_sec(), 0.3 * 500.0 + 0.7 * 800.0);
     }
 }

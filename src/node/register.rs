@@ -269,7 +269,11 @@ impl Node {
         let Some(device) = req.from().map(|f| f.uri.aor_key()) else {
             return self.respond(now, key, req, src, dest, response_to(req, 400, None));
         };
-        let verdict = front.lock().front.on_token_request(now.at, &device);
+        let rp = req.headers.get(&HeaderName::ResourcePriority);
+        let verdict = front
+            .lock()
+            .front
+            .on_token_request_from(now.at, &device, src.peer.ip(), rp);
         let r = match verdict {
             TokenVerdict::Grant { token, timeout } => {
                 ok.headers.push(

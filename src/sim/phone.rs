@@ -609,6 +609,10 @@ impl Phone {
         );
         if token_request {
             let _ = write!(m, "{TOKEN_HEADER}: request\r\n");
+            if self.priority {
+                // a priority device's token request is granted whatever the load
+                m.push_str("Resource-Priority: ets.0\r\n");
+            }
         }
         m.push_str("User-Agent: tandem-sim\r\nContent-Length: 0\r\n\r\n");
         self.start_tx(p, now, Kind::Options, reg, branch, Bytes::from(m));
