@@ -876,6 +876,9 @@ mod tests {
         assert_eq!(e.key, "admission.priority_aors[0]", "{e}");
         let e = Config::from_toml("[admission]\nmax_wait_ms = 40000\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "admission.max_wait_ms", "{e}");
+        let e = Config::from_toml("[admission]\ncpu_saturation_percent = 101\n", "x.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "admission.cpu_saturation_percent", "{e}");
         let cfg = Config::from_toml(
             "[admission]\npriority_aors = [\"sip:GW@Example.com\"]\n",
             "x.toml",

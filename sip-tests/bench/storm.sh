@@ -18,7 +18,7 @@
 #
 # A benchmark, not a test: it prints figures and asserts nothing.
 # Environment: PHONES (100000), RATE (20000), PRIORITY (100), CAPACITY, SKIP_KAMAILIO=1,
-# SKIP_SIM=1, TANDEM_PORT (5071), PG_PORT (55432), PG_BIN.
+# SKIP_SIM=1, TANDEM_PORT (5071), SIPP_PORT (5181), PG_PORT (55432), PG_BIN.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -120,7 +120,7 @@ sipp_storm() {
   p0=$(pg_cpu)
   t0=$(date +%s.%N)
   (cd "$d" && timeout 900 sipp "$target" -sf "$scenario" -r "$RATE" -m "$PHONES" -l "$PHONES" \
-    -i 127.0.0.1 -p 5081 -trace_stat -fd 1 -stf stat.csv -trace_counts -nostdin \
+    -i 127.0.0.1 -p "${SIPP_PORT:-5181}" -trace_stat -fd 1 -stf stat.csv -trace_counts -nostdin \
     >sipp.out 2>&1)
   t1=$(date +%s.%N)
   c1=$(bash "$cpu_of" "$@")

@@ -83,6 +83,7 @@ pub const METRICS: &[Metric] = &[
     m("tandem_admission_tokens_outstanding", Gauge, &[], "Explicit registration tokens granted and not yet expired"),
     m("tandem_admission_implicit_tokens", Gauge, &[], "Implicit tokens (refused phones' retry windows) remembered"),
     m("tandem_admission_tokens_total", Counter, &["event"], "Registration tokens granted, denied, expired (unused), used, and implicit tokens used"),
+    m("tandem_admission_cpu_busy_ratio", Gauge, &[], "The machine's CPU busy fraction the admission load measure last sampled"),
     m("tandem_admission_refused_total", Counter, &["when"], "REGISTERs answered 503 + Retry-After by admission: on arrival or after max_wait"),
 ];
 

@@ -47,6 +47,9 @@ pub struct AdmissionConfig {
     /// Serve at most this many REGISTERs a second (0: as fast as the store
     /// commits them). To spare a database shared with others, or to test storms.
     pub service_rate_limit: u32,
+    /// The machine's CPU busy at or above this percentage counts as saturation
+    /// in the load measure, like work left in the queue (0: CPU is ignored).
+    pub cpu_saturation_percent: u8,
     /// AORs (`sip:user@host`) served at priority: gateways and other shared devices.
     pub priority_aors: Vec<String>,
     /// Source networks (`10.1.0.0/16`, `2001:db8::/32`, or an address) served at
@@ -80,6 +83,7 @@ impl Default for AdmissionConfig {
             initial_rate: 1000.0,
             max_in_flight: 1024,
             service_rate_limit: 0,
+            cpu_saturation_percent: 90,
             priority_aors: Vec::new(),
             priority_networks: Vec::new(),
             priority_namespaces: Vec::new(),
@@ -135,6 +139,9 @@ impl AdmissionConfig {
             if v == 0 {
                 return Err(bad(key, "must be > 0"));
             }
+        }
+        if self.cpu_saturation_percent > 100 {
+            return Err(bad("cpu_saturation_percent", "must be between 0 and 100"));
         }
         if !(self.initial_rate.is_finite() && self.initial_rate >= 1.0) {
             return Err(bad("initial_rate", "must be a number >= 1"));

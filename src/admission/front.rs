@@ -297,6 +297,16 @@ impl<T> Front<T> {
         self.rate.on_served(now, n, self.queue.len());
     }
 
+    /// The CPU was saturated at `now` (FIG. 5 step 102: the node's own load).
+    pub fn on_cpu_saturated(&mut self, now: Instant) {
+        self.rate.on_cpu_saturated(now, self.queue.len());
+    }
+
+    /// A phone retransmitted a REGISTER at `now` (its answer is late).
+    pub fn on_retransmission(&mut self, now: Instant) {
+        self.rate.on_late(now, self.queue.len());
+    }
+
     /// The next REGISTER to serve, aged priority first.
     pub fn pop(&mut self, now: Instant) -> Option<Dequeued<T>> {
         self.rate.tick(now, self.queue.len());

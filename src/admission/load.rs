@@ -27,6 +27,10 @@ pub struct ServiceRate {
     bucket_count: u64,
     /// Work was refused in this interval (a token or an initial REGISTER).
     refused: bool,
+    /// The CPU was saturated in this interval (see `node/cpu.rs`).
+    cpu_saturated: bool,
+    /// A phone retransmitted a REGISTER in this interval: its answer was late.
+    late: bool,
 }
 
 /// An unsaturated interval in which work was refused doubles the estimate: the
@@ -47,6 +51,8 @@ impl ServiceRate {
             bucket_start: None,
             bucket_count: 0,
             refused: false,
+            cpu_saturated: false,
+            late: false,
         }
     }
 
@@ -67,18 +73,26 @@ impl ServiceRate {
             return;
         }
         let sample = self.bucket_count as f64 / self.interval.as_secs_f64();
-        if queued > 0 {
+        // A busy CPU alone says nothing of this node (a neighbour may be busy
+        // while it idles); with phones waiting for it (refused, or
+        // retransmitting because their answers are late) it is saturation.
+        let cpu_bound = self.cpu_saturated && (self.refused || self.late);
+        if queued > 0 || cpu_bound {
+            // saturated: what was served is what the node can serve
             self.rate = (self.alpha * sample + (1.0 - self.alpha) * self.rate).max(self.floor);
-        } else if self.refused {
+        } else if self.refused && sample >= self.rate / PROBE {
             // Not saturated, yet work was turned away by the grant rule, which
-            // divides by this very estimate: an estimate too low would otherwise
-            // throttle the node to itself for good. Probe upwards; the first
-            // saturated interval brings it back to what the node serves.
+            // divides by this very estimate, and the node served about as much
+            // as the estimate allows: a low estimate would otherwise throttle
+            // the node to itself for good. Probe upwards; the first saturated
+            // interval brings it back to what the node serves.
             self.rate = (self.rate.max(sample) * PROBE).min(CEILING);
         } else if sample > self.rate {
             self.rate = (self.alpha * sample + (1.0 - self.alpha) * self.rate).max(self.floor);
         }
         self.refused = false;
+        self.cpu_saturated = false;
+        self.late = false;
         // Whole intervals skipped since (nobody called) were idle: dropped, not
         // averaged in as zeros.
         let whole = elapsed.as_nanos() / self.interval.as_nanos();
@@ -91,6 +105,19 @@ impl ServiceRate {
     pub fn on_served(&mut self, now: Instant, n: u64, queued: usize) {
         self.tick(now, queued);
         self.bucket_count += n;
+    }
+
+    /// The CPU was saturated at `now`: the interval measures capacity even with
+    /// the queue empty.
+    pub fn on_cpu_saturated(&mut self, now: Instant, queued: usize) {
+        self.tick(now, queued);
+        self.cpu_saturated = true;
+    }
+
+    /// A phone retransmitted a REGISTER at `now`.
+    pub fn on_late(&mut self, now: Instant, queued: usize) {
+        self.tick(now, queued);
+        self.late = true;
     }
 
     /// Work was refused at `now` (see [`PROBE`]).
@@ -177,6 +204,7 @@ mod tests {
         r.on_refused(t0 + ms(600), 0);
         r.tick(t0 + ms(1000), 0);
         assert_eq!(r.per_sec(), 400.0);
+        r.on_served(t0 + ms(1400), 250, 0);
         r.on_refused(t0 + ms(1500), 0);
         r.tick(t0 + ms(2000), 0);
         assert_eq!(r.per_sec(), 800.0);
@@ -189,5 +217,35 @@ mod tests {
         r.on_served(t0 + ms(3500), 5, 0);
         r.tick(t0 + ms(4000), 0);
         assert_eq!(r.per_sec(), 0.3 * 500.0 + 0.7 * 800.0);
+    }
+
+    #[test]
+    fn a_saturated_cpu_measures_capacity_with_the_queue_empty() {
+        let t0 = Instant::now();
+        let mut r = ServiceRate::new(1000.0, 1.0, ms(1000), 0.5);
+        r.tick(t0, 0);
+        r.on_served(t0 + ms(500), 300, 0);
+        r.on_cpu_saturated(t0 + ms(600), 0);
+        r.on_late(t0 + ms(700), 0);
+        r.tick(t0 + ms(1000), 0);
+        // 300 served while the CPU was busy and phones retransmitted: the
+        // estimate falls towards what was served
+        assert_eq!(r.per_sec(), 650.0);
+        // a busy CPU with nobody waiting (a neighbour's load) changes nothing
+        r.on_served(t0 + ms(1500), 10, 0);
+        r.on_cpu_saturated(t0 + ms(1600), 0);
+        r.tick(t0 + ms(2000), 0);
+        assert_eq!(r.per_sec(), 650.0);
+    }
+
+    #[test]
+    fn a_node_serving_far_less_than_its_estimate_does_not_probe() {
+        let t0 = Instant::now();
+        let mut r = ServiceRate::new(1000.0, 1.0, ms(1000), 0.5);
+        r.tick(t0, 0);
+        r.on_served(t0 + ms(500), 100, 0);
+        r.on_refused(t0 + ms(700), 0);
+        r.tick(t0 + ms(1000), 0);
+        assert_eq!(r.per_sec(), 1000.0);
     }
 }

@@ -2,6 +2,7 @@
 //! them through validation and the transaction layer, and hands new requests to the
 //! registrar or answers them itself (RFC 3261 §8.2, §16.3, §17.2.3, §18.2).
 
+mod cpu;
 mod register;
 mod uas;
 
@@ -697,6 +698,9 @@ impl Node {
         match outcome {
             RequestOutcome::Retransmission { resend } => {
                 metrics::counter!("tandem_sip_retransmissions_total", "method" => method_label(&req.method)).increment(1);
+                if req.method == Method::Register {
+                    self.register_retransmitted(now);
+                }
                 if let Some(b) = resend {
                     src.reply.send(dest, b);
                 }

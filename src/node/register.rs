@@ -4,6 +4,7 @@
 //! in time. The decisions are `crate::admission::Front`'s; this file only carries
 //! them out (docs/token-protocol.md).
 
+use super::cpu::CpuMeter;
 use super::{Node, Now};
 use crate::admission::pace::Pace;
 use crate::admission::{
@@ -50,7 +51,14 @@ pub struct RegisterFront {
     trying: VecDeque<LateTrying>,
     trying_reliable: VecDeque<LateTrying>,
     trying_after: Duration,
+    /// The machine's CPU, sampled every [`CPU_SAMPLE`]; busy at or above
+    /// `cpu_saturated` (a fraction) counts as saturation. `None`: ignored.
+    cpu: Option<(CpuMeter, f64)>,
+    cpu_sampled: Option<Instant>,
 }
+
+/// How often the CPU is sampled (a few samples per service-rate interval).
+const CPU_SAMPLE: Duration = Duration::from_millis(250);
 
 /// A `100 Trying` owed to a queued REGISTER: when it was queued, its
 /// transaction, where the answer goes, and the bytes.
@@ -63,13 +71,22 @@ const TRYING_AFTER_RELIABLE: Duration = Duration::from_millis(200);
 impl RegisterFront {
     /// `trying_after`: how long a UDP client's Timer E takes to reach T2
     /// ([`timer_e_reaches_t2`]).
+    /// `cpu_saturation_percent`: 0 ignores the CPU.
     pub fn new(
         cfg: FrontConfig,
         max_in_flight: usize,
         service_rate_limit: u32,
         trying_after: Duration,
+        cpu_saturation_percent: u8,
     ) -> RegisterFront {
         RegisterFront {
+            cpu: (cpu_saturation_percent > 0).then(|| {
+                (
+                    CpuMeter::default(),
+                    f64::from(cpu_saturation_percent) / 100.0,
+                )
+            }),
+            cpu_sampled: None,
             trying: VecDeque::new(),
             trying_reliable: VecDeque::new(),
             trying_after,
@@ -389,6 +406,19 @@ impl Node {
         let mut late_trying = Vec::new();
         let expired: Vec<_> = {
             let mut f = front.lock();
+            let f = &mut *f;
+            if f.cpu_sampled.is_none_or(|t| now.at >= t + CPU_SAMPLE) {
+                f.cpu_sampled = Some(now.at);
+                if let Some((meter, limit)) = &mut f.cpu {
+                    let busy = meter.sample();
+                    if let Some(b) = busy {
+                        metrics::gauge!("tandem_admission_cpu_busy_ratio").set(b);
+                    }
+                    if busy.is_some_and(|b| b >= *limit) {
+                        f.front.on_cpu_saturated(now.at);
+                    }
+                }
+            }
             if f.front.poll_timeout().is_some_and(|t| t <= now.at) {
                 f.front.handle_timeout(now.at);
             }
@@ -429,6 +459,13 @@ impl Node {
         self.pump(this);
         let s = front.lock().front.snapshot(now.at);
         publish(&s);
+    }
+
+    /// A REGISTER retransmission met its transaction: feeds the load measure.
+    pub(super) fn register_retransmitted(&self, now: Now) {
+        if let Some(front) = &self.admission {
+            front.lock().front.on_retransmission(now.at);
+        }
     }
 
     /// The front's state for `GET /admission`; `None` when admission is off.
@@ -481,6 +518,7 @@ pub fn front_of(cfg: &crate::config::Config) -> Option<Mutex<RegisterFront>> {
             Duration::from_millis(cfg.sip.t1_ms),
             Duration::from_millis(cfg.sip.t2_ms),
         ),
+        cfg.admission.cpu_saturation_percent,
     )))
 }
 
