@@ -6,7 +6,6 @@
 
 use crate::admin::NodeStatus;
 use crate::admission::overload::CallOverload;
-use crate::admission::AdmitAll;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::config::StoreBackend;
@@ -194,7 +193,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     let flows = Arc::new(Flows::default());
     let node = Arc::new(Node::new(NodeParts {
         registrar,
-        admission: Box::new(AdmitAll),
+        admission: crate::node::front_of(&cfg),
         timers: TimerConfig {
             t1: Duration::from_millis(cfg.sip.t1_ms),
             t2: Duration::from_millis(cfg.sip.t2_ms),

@@ -889,6 +889,9 @@ mod tests {
         assert_eq!(e.key, "admission.priority_aors[0]", "{e}");
         let e = Config::from_toml("[admission]\nmax_wait_ms = 40000\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "admission.max_wait_ms", "{e}");
+        let e =
+            Config::from_toml("[admission]\ncpu_saturation_percent = 101\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "admission.cpu_saturation_percent", "{e}");
         let e = Config::from_toml("[admission.calls]\ntarget_wait_ms = 0\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "admission.calls.target_wait_ms", "{e}");
         let e = Config::from_toml("[admission.calls]\nretry_after = 1\n", "x.toml").unwrap_err();

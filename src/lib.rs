@@ -11,5 +11,6 @@ pub mod node;
 pub mod proxy;
 pub mod registrar;
 pub mod routing;
+pub mod sim;
 pub mod sip;
 pub mod store;

@@ -1,4 +1,5 @@
-//! The `tandem` binary: `tandem [run] --config FILE` and `tandem check-config FILE`.
+//! The `tandem` binary: `tandem [run] --config FILE`, `tandem check-config FILE` and
+//! `tandem sim …` (the device simulator, docs/sim.md).
 
 use clap::{Parser, Subcommand};
 
@@ -29,11 +30,14 @@ enum Command {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
     },
+    /// Simulate N phones registering (docs/sim.md); exits 0 when all registered.
+    Sim(tandem::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Sim(args) => tandem::sim::main(args),
         Command::CheckConfig { file } => {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {

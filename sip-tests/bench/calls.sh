@@ -92,11 +92,10 @@ run() { # LABEL TARGET PIDS...
 
 cfg=$work/tandem.toml
 sed -e 's/^authenticate = true/authenticate = false/' -e 's/^tcp = .*/tcp = []/' \
-  -e 's/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$repo/config/tandem.toml" >"$cfg"
-# the line above turned every `enabled` off (admin, REGISTER admission); call
-# overload control is set on its own
-if [ "${OVERLOAD:-on}" = on ]; then
-  awk '/^\[/{s=$0} s=="[admission.calls]" && /^enabled = /{$0="enabled = true"} {print}' "$cfg" >"$cfg.new" && mv "$cfg.new" "$cfg"
+  -e '/^\[admin\]/,/^\[/ s/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$repo/config/tandem.toml" >"$cfg"
+# call overload control ([admission.calls]) is on in the shipped config
+if [ "${OVERLOAD:-on}" = off ]; then
+  awk '/^\[/{s=$0} s=="[admission.calls]" && /^enabled = /{$0="enabled = false"} {print}' "$cfg" >"$cfg.new" && mv "$cfg.new" "$cfg"
 fi
 cat >>"$cfg" <<'TOML'
 

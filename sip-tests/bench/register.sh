@@ -53,7 +53,7 @@ tandem_config() {
     sed -e 's/^authenticate = true/authenticate = false/' "$repo/config/tandem.toml" >"$cfg"
   fi
   sed -i -e "s/^udp = .*/udp = [\"127.0.0.1:$PORT\"]/" -e "s/^tcp = .*/tcp = []/" \
-    -e 's/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$cfg"
+    -e '/^\[admin\]/,/^\[/ s/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' "$cfg"
   echo "$cfg"
 }
 

@@ -109,7 +109,7 @@ done
 cfg=$work/tandem.toml
 sed -e 's/^authenticate = true/authenticate = false/' "$repo/config/tandem.toml" >"$cfg"
 sed -i -e "s/^udp = .*/udp = [\"127.0.0.1:$TPORT\"]/" -e "s/^tcp = .*/tcp = []/" \
-  -e 's/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' \
+  -e '/^\[admin\]/,/^\[/ s/^enabled = true/enabled = false/' -e 's/^level = .*/level = "warn"/' \
   -e "s|^backend = \"sqlite\"|backend = \"postgres\"\nurl = \"$url_tandem\"|" "$cfg"
 "$tandem" check-config "$cfg" >/dev/null || exit 2
 

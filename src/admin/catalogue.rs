@@ -54,7 +54,7 @@ pub const METRICS: &[Metric] = &[
     m("tandem_sip_retransmissions_total", Counter, &["method"], "Retransmitted requests absorbed by a transaction"),
     m("tandem_sip_parse_errors_total", Counter, &["transport", "reason"], "Messages rejected as malformed, by transport and reason"),
     m("tandem_sip_stray_responses_total", Counter, &[], "Responses that matched no transaction (dropped)"),
-    m("tandem_register_total", Counter, &["outcome"], "REGISTER outcomes (ok, challenged, denied, store_error, ...)"),
+    m("tandem_register_total", Counter, &["outcome"], "REGISTER outcomes (ok, challenged, refused, store_error, ...)"),
     m("tandem_auth_failures_total", Counter, &["reason"], "Digest authentication failures, by reason"),
     m("tandem_bindings_active", Gauge, &[], "Bindings in the location table"),
     m("tandem_bindings_expired_total", Counter, &[], "Bindings removed on expiry"),
@@ -78,15 +78,31 @@ pub const METRICS: &[Metric] = &[
     m("tandem_cluster_peers_alive", Gauge, &[], "Peers with a fresh heartbeat"),
     m("tandem_cluster_peers_dead_total", Counter, &[], "Peers declared dead (heartbeat not renewed within the timeout)"),
     m("tandem_cluster_stale_entries_removed_total", Counter, &[], "Entries removed because their owner node no longer had the phone"),
+    m("tandem_admission_queued_total", Counter, &["class"], "REGISTERs queued by the admission front end, by class (priority, token, initial)"),
+    m("tandem_admission_wait_seconds", Histogram, &["class"], "Time REGISTERs waited in the admission queue before being served, by class"),
+    m("tandem_admission_queue_depth", Gauge, &["class"], "REGISTERs waiting in the admission queue, by class"),
+    m("tandem_admission_service_rate", Gauge, &[], "Measured registrations completed per second (the load measure's rate)"),
+    m("tandem_admission_projected_wait_seconds", Gauge, &[], "Backlog (queued plus granted unused tokens) divided by the service rate"),
+    m("tandem_admission_tokens_outstanding", Gauge, &[], "Explicit registration tokens granted and not yet expired"),
+    m("tandem_admission_implicit_tokens", Gauge, &[], "Implicit tokens (refused phones' retry windows) remembered"),
+    m("tandem_admission_tokens_total", Counter, &["event"], "Registration tokens granted, denied, expired (unused), used, and implicit tokens used"),
+    m("tandem_admission_cpu_busy_ratio", Gauge, &[], "The machine's CPU busy fraction the admission load measure last sampled"),
+    m("tandem_admission_refused_total", Counter, &["when"], "REGISTERs answered 503 + Retry-After by admission: on arrival or after max_wait"),
 ];
 
 /// Histogram buckets, for the histograms that have them (others render as summaries).
-pub const BUCKETS: &[(&str, &[f64])] = &[(
-    "tandem_call_setup_seconds",
-    &[
-        0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
-    ],
-)];
+pub const BUCKETS: &[(&str, &[f64])] = &[
+    (
+        "tandem_call_setup_seconds",
+        &[
+            0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
+        ],
+    ),
+    (
+        "tandem_admission_wait_seconds",
+        &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+    ),
+];
 
 /// Registers every metric's help text with the recorder.
 pub fn describe() {

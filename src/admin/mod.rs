@@ -1,5 +1,6 @@
-//! The admin HTTP listener: `/health` (JSON), `/metrics` (Prometheus text) and
-//! `/calls` (the call-state table as JSON).
+//! The admin HTTP listener: `/health` (JSON), `/metrics` (Prometheus text),
+//! `/calls` (the call-state table as JSON) and `/admission` (seed 002's REGISTER
+//! front end as JSON).
 
 pub mod catalogue;
 
@@ -42,6 +43,8 @@ pub trait NodeStatus: Send + Sync + 'static {
     fn transactions(&self) -> usize;
     /// A copy of the call-state table, as `GET /calls` lists it.
     fn calls(&self) -> Vec<Call>;
+    /// The REGISTER front end's state; `None` when admission is off.
+    fn admission(&self) -> Option<crate::admission::Snapshot>;
 }
 
 type Status = Arc<dyn NodeStatus>;
@@ -51,6 +54,7 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Status) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/calls", get(calls))
+        .route("/admission", get(admission))
         .route(
             "/metrics",
             get(move || {
@@ -93,4 +97,46 @@ async fn calls(State(node): State<Status>) -> impl IntoResponse {
     // cannot fail: plain structs with string keys
     let body = serde_json::to_string(&Body { calls }).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `GET /admission`: `{"enabled":false}`, or the queue per class, the tokens
+/// outstanding, the measured service rate (registrations/s), the projected wait
+/// and how far ahead retry slots are handed out (milliseconds), and the counts
+/// since start.
+async fn admission(State(node): State<Status>) -> impl IntoResponse {
+    let body = match node.admission() {
+        None => serde_json::json!({ "enabled": false }),
+        Some(s) => {
+            let c = s.counts;
+            serde_json::json!({
+                "enabled": true,
+                "queued": {
+                    "priority": s.queued_priority,
+                    "token": s.queued_token,
+                    "initial": s.queued_initial,
+                },
+                "tokens": {
+                    "outstanding": s.tokens_outstanding,
+                    "pending": s.tokens_pending,
+                    "implicit": s.implicit_tokens,
+                },
+                "service_rate": s.service_rate,
+                "projected_wait_ms": s.projected_wait.as_millis() as u64,
+                "retry_horizon_ms": s.retry_horizon.as_millis() as u64,
+                "counts": {
+                    "tokens_granted": c.tokens_granted,
+                    "tokens_denied": c.tokens_denied,
+                    "tokens_expired": c.tokens_expired,
+                    "tokens_used": c.tokens_used,
+                    "implicit_used": c.implicit_used,
+                    "refused_on_arrival": c.refused,
+                    "refused_after_max_wait": c.expired_in_queue,
+                },
+            })
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }

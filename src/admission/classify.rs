@@ -92,6 +92,14 @@ pub struct PriorityRules {
 }
 
 impl PriorityRules {
+    /// Seed 002 FIG. 6 step 122: a configured device, a source in a priority
+    /// network, or a `Resource-Priority` in a configured namespace.
+    pub fn is_priority(&self, aor: &str, source: IpAddr, resource_priority: Option<&str>) -> bool {
+        self.aors.contains(aor)
+            || self.networks.iter().any(|n| n.contains(source))
+            || resource_priority.is_some_and(|rp| self.names_namespace(rp))
+    }
+
     fn names_namespace(&self, resource_priority: &str) -> bool {
         // RFC 4412 §3.1: Resource-Priority = r-value *(COMMA r-value),
         // r-value = namespace "." r-priority; namespaces compare

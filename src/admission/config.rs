@@ -48,6 +48,9 @@ pub struct AdmissionConfig {
     /// Serve at most this many REGISTERs a second (0: as fast as the store
     /// commits them). To spare a database shared with others, or to test storms.
     pub service_rate_limit: u32,
+    /// The machine's CPU busy at or above this percentage counts as saturation
+    /// in the load measure, like work left in the queue (0: CPU is ignored).
+    pub cpu_saturation_percent: u8,
     /// AORs (`sip:user@host`) served at priority: gateways and other shared devices.
     pub priority_aors: Vec<String>,
     /// Source networks (`10.1.0.0/16`, `2001:db8::/32`, or an address) served at
@@ -153,7 +156,10 @@ impl Default for AdmissionConfig {
         let front = FrontConfig::default();
         AdmissionConfig {
             enabled: true,
-            target_wait_ms: front.target_wait.as_millis() as u64,
+            // Below T1 (500 ms): a queued REGISTER over UDP is answered before
+            // its phone's first retransmission (RFC 4320 forbids the early 100
+            // that would slow it down; see `node/register.rs`).
+            target_wait_ms: 400,
             max_wait_ms: front.max_wait.as_millis() as u64,
             aging_ms: front.aging.as_millis() as u64,
             queue_priority: front.capacity.priority,
@@ -163,9 +169,13 @@ impl Default for AdmissionConfig {
             implicit_window_secs: front.implicit_window.as_secs(),
             max_tokens: front.max_tokens,
             max_implicit: front.max_implicit,
-            initial_rate: front.initial_rate,
+            // a durable node on a small machine serves thousands a second
+            // (docs/benchmarks.md); what is assumed here paces the first
+            // second's refusals, until the node has measured itself
+            initial_rate: 1000.0,
             max_in_flight: 1024,
             service_rate_limit: 0,
+            cpu_saturation_percent: 90,
             priority_aors: Vec::new(),
             priority_networks: Vec::new(),
             priority_namespaces: Vec::new(),
@@ -222,6 +232,9 @@ impl AdmissionConfig {
             if v == 0 {
                 return Err(bad(key, "must be > 0"));
             }
+        }
+        if self.cpu_saturation_percent > 100 {
+            return Err(bad("cpu_saturation_percent", "must be between 0 and 100"));
         }
         if !(self.initial_rate.is_finite() && self.initial_rate >= 1.0) {
             return Err(bad("initial_rate", "must be a number >= 1"));
@@ -288,10 +301,10 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_are_the_fronts_defaults() {
+    fn the_defaults_are_the_fronts_defaults_but_a_wait_under_t1() {
         let f = AdmissionConfig::default().front(aor).unwrap();
         let d = FrontConfig::default();
-        assert_eq!(f.target_wait, d.target_wait);
+        assert_eq!(f.target_wait, Duration::from_millis(400));
         assert_eq!(f.max_wait, d.max_wait);
         assert_eq!(f.capacity, d.capacity);
         assert_eq!(f.token_timeout, d.token_timeout);

@@ -1,5 +1,5 @@
-//! Seed 002's REGISTER front end. For now the node admits every REGISTER through
-//! [`AdmitAll`]; the pure core that replaces it is here, not yet wired:
+//! Seed 002's REGISTER front end, pure (docs/token-protocol.md); the node drives
+//! it (`node/register.rs`):
 //!
 //! - `classify`: FIG. 6, the three priorities of a REGISTER;
 //! - `tokens`: token information 64, explicit and implicit tokens;
@@ -8,25 +8,24 @@
 //! - `queue`: registration queue 62, bounded, by class, with aging;
 //! - `front`: [`Front`], which composes them;
 //! - `overload`: call overload control, new INVITEs refused past capacity, and
-//!   RFC 7339 feedback to upstream servers (wired into the node).
-//!
-//! The seam is here so the registrar never changes when it is wired.
+//!   RFC 7339 feedback to upstream servers (wired into the node);
+//! - `pace`: the optional cap on registrations served a second;
+//! - `config`: the `[admission]` section.
 
 pub mod classify;
 pub mod config;
 pub mod front;
 pub mod load;
 pub mod overload;
+pub mod pace;
 pub mod queue;
 pub mod schedule;
 pub mod tokens;
 
 pub use classify::{Basis, Classification, IpNetwork, PriorityRules, RegisterFacts};
-pub use front::{Expired, Front, FrontConfig, Snapshot, TokenVerdict, Verdict};
+pub use front::{Counts, Expired, Front, FrontConfig, Refused, Snapshot, TokenVerdict, Verdict};
 pub use queue::{Capacity, Dequeued};
 pub use tokens::RegistrationToken;
-
-use std::net::SocketAddr;
 
 /// Seed 002's three classes, highest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,33 +36,4 @@ pub enum RegistrationClass {
     TokenHolder,
     /// Anything else: an initial registration.
     Initial,
-}
-
-/// What the front end needs to know about one REGISTER.
-#[derive(Debug, Clone)]
-pub struct RegisterAttempt<'a> {
-    pub aor: &'a str,
-    pub source: SocketAddr,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Admit(RegistrationClass),
-    /// Refuse with `503 Service Unavailable` and this `Retry-After` (seconds).
-    Deny {
-        retry_after_secs: u32,
-    },
-}
-
-pub trait Admission: Send + Sync {
-    fn admit(&self, attempt: &RegisterAttempt<'_>) -> Decision;
-}
-
-/// Admits everything as an initial registration.
-pub struct AdmitAll;
-
-impl Admission for AdmitAll {
-    fn admit(&self, _attempt: &RegisterAttempt<'_>) -> Decision {
-        Decision::Admit(RegistrationClass::Initial)
-    }
 }

@@ -207,7 +207,9 @@ impl TokenTable {
     }
 
     /// Forgets what expired by `now`: amortised O(1) per entry.
-    pub fn expire(&mut self, now: Instant) {
+    /// Forgets expired tokens; returns how many explicit ones expired unused.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut unused = 0;
         while let Some((at, _)) = self.explicit_order.front() {
             if *at > now {
                 break;
@@ -218,6 +220,7 @@ impl TokenTable {
             if let Some(e) = self.explicit.remove(&t) {
                 if !e.redeemed {
                     self.pending -= 1;
+                    unused += 1;
                 }
             }
         }
@@ -232,6 +235,7 @@ impl TokenTable {
                 self.implicit.remove(&k);
             }
         }
+        unused
     }
 
     /// Explicit tokens outstanding (granted, not yet forgotten).

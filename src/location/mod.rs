@@ -115,6 +115,15 @@ impl LocationTable {
         v
     }
 
+    /// Whether any unexpired binding of the AOR satisfies `pred` (no copies).
+    pub fn any(&self, aor: &str, now: UnixMs, pred: impl Fn(&Binding) -> bool) -> bool {
+        let inner = self.inner.read();
+        inner
+            .by_aor
+            .get(aor)
+            .is_some_and(|b| b.iter().any(|b| b.expires_at > now && pred(b)))
+    }
+
     /// Runs `f` on the AOR's bindings under the write lock (read-modify-write of one
     /// REGISTER is atomic). `f` returns the new list or an error that leaves it as is.
     pub fn update<T, E>(

@@ -2,18 +2,21 @@
 //! them through validation and the transaction layer, and hands new requests to the
 //! registrar or answers them itself (RFC 3261 §8.2, §16.3, §17.2.3, §18.2).
 
+mod cpu;
 mod overload;
+mod register;
 mod uas;
 
+pub use register::{front_of, RegisterFront};
+
 use crate::admission::overload::CallOverload;
-use crate::admission::{Admission, Decision, RegisterAttempt};
 use crate::cluster::Cluster;
 use crate::proxy::calls::CallTable;
 use crate::proxy::calls::{CallKey, DialogId, EndReason};
 use crate::proxy::probe::GatewayProber;
 use crate::proxy::stateful::{Action, Hop, Plan, Proxy, ProxyConfig, Target};
 use crate::registrar::poll::{ContactPoller, PollTarget};
-use crate::registrar::{Outcome, Registrar};
+use crate::registrar::Registrar;
 use crate::routing::targets::{self, Me, Reach, Resolved, Routes};
 use crate::sip::authenticator::Role;
 use crate::sip::message::build::{new_tag, raw_top_via, response_to, stateless_error};
@@ -35,7 +38,8 @@ use tracing::{debug, instrument};
 
 pub struct Node {
     registrar: Registrar,
-    admission: Box<dyn Admission>,
+    /// Seed 002's REGISTER front end; `None` when `[admission] enabled = false`.
+    admission: Option<Mutex<RegisterFront>>,
     transactions: Mutex<ServerTransactions<TxKey>>,
     /// Where to send responses that are produced later than the request's handling:
     /// INVITE final responses (Timer G) and every proxied request's answers.
@@ -67,7 +71,7 @@ pub struct Node {
 /// sockets and joins the cluster first, so nothing is filled in later).
 pub struct NodeParts {
     pub registrar: Registrar,
-    pub admission: Box<dyn Admission>,
+    pub admission: Option<Mutex<RegisterFront>>,
     pub timers: TimerConfig,
     pub max_transactions: usize,
     pub max_calls: usize,
@@ -707,6 +711,9 @@ impl Node {
         match outcome {
             RequestOutcome::Retransmission { resend } => {
                 metrics::counter!("tandem_sip_retransmissions_total", "method" => method_label(&req.method)).increment(1);
+                if req.method == Method::Register {
+                    self.register_retransmitted(now);
+                }
                 if let Some(b) = resend {
                     src.reply.send(dest, b);
                 }
@@ -727,6 +734,7 @@ impl Node {
         }
         match uas::route(&req, |r| self.proxy_owns_route(r)) {
             uas::Route::Respond(r) => self.respond(now, &key, &req, &src, dest, r),
+            uas::Route::TokenRequest(ok) => self.token_request(now, &key, &req, &src, dest, ok),
             uas::Route::Cancel { invite } => {
                 // §16.10: a CANCEL for an INVITE being proxied cancels its
                 // branches (their 487s make the INVITE's final answer); an INVITE
@@ -739,57 +747,6 @@ impl Node {
             uas::Route::Register => self.register(now, this, key, req, src, dest),
             uas::Route::Forward => self.forward(now, key, req, &src, dest),
             uas::Route::InDialog => self.forward_in_dialog(now, Some(key), req, &src, dest),
-        }
-    }
-
-    fn register(
-        &self,
-        now: Now,
-        this: &Arc<Node>,
-        key: TxKey,
-        req: Request,
-        src: Source,
-        dest: SocketAddr,
-    ) {
-        // RFC 3261 §10.3 steps 1-4 first: a challenge costs nothing to send and
-        // is never held back by admission (seed 002 queues the binding writes).
-        let authorized = match self.registrar.authorize(&req, now.at) {
-            Ok(a) => a,
-            Err(r) => return self.respond(now, &key, &req, &src, dest, r),
-        };
-        match self.admission.admit(&RegisterAttempt {
-            aor: &authorized.aor,
-            source: src.peer,
-        }) {
-            Decision::Admit(_) => {}
-            Decision::Deny { retry_after_secs } => {
-                let mut r = response_to(&req, 503, Some(&new_tag()));
-                r.headers
-                    .push(HeaderName::RetryAfter, retry_after_secs.to_string());
-                metrics::counter!("tandem_register_total", "outcome" => "denied").increment(1);
-                return self.respond(now, &key, &req, &src, dest, r);
-            }
-        }
-        match self
-            .registrar
-            .apply(&req, &authorized, src.flow(), now.unix_ms())
-        {
-            Outcome::Respond(r) => self.respond(now, &key, &req, &src, dest, r),
-            Outcome::AfterCommit(r, commit) => {
-                let this = this.clone();
-                commit.then(move |result| {
-                    let r = match result {
-                        Ok(()) => r,
-                        Err(e) => {
-                            tracing::error!(error = %e, "binding not persisted; answering 500");
-                            metrics::counter!("tandem_register_total", "outcome" => "store_error")
-                                .increment(1);
-                            response_to(&req, 500, Some(&new_tag()))
-                        }
-                    };
-                    this.respond(Now::read(), &key, &req, &src, dest, r);
-                });
-            }
         }
     }
 
@@ -821,8 +778,9 @@ impl Node {
     }
 
     /// Runs due transaction timers (Timer G retransmissions, H, I, J expiry).
-    pub fn on_tick(&self) {
+    pub fn on_tick(self: &Arc<Node>) {
         let now = Now::read();
+        self.admission_tick(now, self);
         {
             let mut p = self.proxy.lock();
             if p.poll_timeout().is_some_and(|t| t <= now.at) {
@@ -904,6 +862,9 @@ impl crate::admin::NodeStatus for Node {
     fn calls(&self) -> Vec<crate::proxy::calls::Call> {
         // copied under the lock; the admin listener serialises after releasing it
         self.calls.lock().snapshot()
+    }
+    fn admission(&self) -> Option<crate::admission::Snapshot> {
+        self.admission_snapshot()
     }
 }
 

@@ -13,6 +13,10 @@ pub const SUPPORTED: &[&str] = &["path"];
 
 pub enum Route {
     Respond(Response),
+    /// An OPTIONS to the node asking for a registration token
+    /// (docs/token-protocol.md); the response is its capabilities answer, to
+    /// which the node adds the token or which it replaces with a 503.
+    TokenRequest(Response),
     Register,
     /// A new request for a user: digit analysis and the stateful proxy.
     Forward,
@@ -117,7 +121,15 @@ pub fn route(req: &Request, owns_route: impl Fn(&str) -> bool) -> Route {
             r.headers.push(HeaderName::Allow, ALLOW);
             r.headers.push(HeaderName::Accept, ACCEPT);
             r.headers.push(HeaderName::Supported, SUPPORTED.join(", "));
-            Route::Respond(r)
+            let asks_token = req
+                .headers
+                .get(&HeaderName::RegistrationToken)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("request"));
+            if asks_token {
+                Route::TokenRequest(r)
+            } else {
+                Route::Respond(r)
+            }
         }
         Method::Bye => Route::Respond(respond(481)),
         _ => {

@@ -115,14 +115,20 @@ pub fn apply(
             if req.expires != Some(0) {
                 return Err(RegisterError::BadWildcard);
             }
+            let mut kept = Vec::new();
             for b in bindings.drain(..) {
                 // Remove only if this Call-ID/CSeq is not older than the binding's.
                 if b.call_id == req.call_id && req.cseq <= b.cseq {
                     return Err(RegisterError::OutOfOrder);
                 }
-                changes.removed.push(b);
+                if moved_away(&b, req) {
+                    kept.push(b);
+                } else {
+                    changes.removed.push(b);
+                }
             }
-            return Ok((bindings, changes));
+            by_preference(&mut kept);
+            return Ok((kept, changes));
         }
         Some(Contacts::List(list)) => list,
     };
@@ -152,7 +158,7 @@ pub fn apply(
             }
         }
         if expires == 0 {
-            if let Some(i) = pos {
+            if let Some(i) = pos.filter(|i| !moved_away(&bindings[*i], req)) {
                 changes.removed.push(bindings.remove(i));
             }
             continue;
@@ -192,6 +198,18 @@ pub fn apply(
     changes.upserted.retain(|b| seen.insert(b.key.clone()));
     changes.upserted.reverse();
     Ok((bindings, changes))
+}
+
+/// A binding another node holds under another Call-ID: the phone registered
+/// there since it last registered here. An unregistration here speaks of that
+/// older registration, and must not remove the newer one (seed 002 FIG. 7: a
+/// phone re-homing to its primary tells its backup to forget it; in a cluster
+/// the backup already holds the primary's binding, replicated). RFC 3261 §10.3
+/// step 7 would remove it, as if the nodes were one registrar; for an
+/// unregistration with the same Call-ID (the same registration, moved between
+/// nodes) they still are.
+fn moved_away(b: &Binding, req: &RegisterRequest<'_>) -> bool {
+    &b.owner != req.owner && b.call_id != req.call_id
 }
 
 #[cfg(test)]
@@ -260,6 +278,41 @@ mod tests {
         )
         .unwrap();
         assert!(b.is_empty());
+        assert_eq!(ch.removed.len(), 1);
+    }
+
+    #[test]
+    fn an_unregistration_here_leaves_the_newer_registration_at_another_node() {
+        // the phone moved to node n2 (its primary) with another Call-ID; its
+        // unregistration from n1 (the backup it left) must not remove that
+        let (here, primary) = (node(), NodeId("n2".into()));
+        let (b, _) = apply(
+            &[],
+            &req("<sip:a@1.2.3.4>", Some(600), "at-primary", 1, &primary),
+            &LIMITS,
+            1_000,
+        )
+        .unwrap();
+        for contacts in ["<sip:a@1.2.3.4>", "*"] {
+            let (left, ch) = apply(
+                &b,
+                &req(contacts, Some(0), "at-backup", 7, &here),
+                &LIMITS,
+                2_000,
+            )
+            .unwrap();
+            assert_eq!(left.len(), 1, "{contacts}");
+            assert!(ch.removed.is_empty(), "{contacts}");
+        }
+        // the same registration (same Call-ID) moving between nodes is removed
+        let (left, ch) = apply(
+            &b,
+            &req("<sip:a@1.2.3.4>", Some(0), "at-primary", 2, &here),
+            &LIMITS,
+            2_000,
+        )
+        .unwrap();
+        assert!(left.is_empty());
         assert_eq!(ch.removed.len(), 1);
     }
 

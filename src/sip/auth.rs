@@ -1,4 +1,5 @@
-//! SIP digest authentication, server side.
+//! SIP digest authentication, server side (and the few client-side helpers the
+//! device simulator needs: [`parse_challenge`], [`authorization`]).
 //!
 //! Implements the UAS/registrar half of HTTP Digest as profiled by SIP
 //! (RFC 3261 §22, RFC 8760), with the digest computations of RFC 7616
@@ -536,6 +537,157 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
+}
+
+// ---------------------------------------------------------------------------
+// Client side (a UAC answering a challenge): the device simulator's phones.
+
+/// A parsed `WWW-Authenticate` / `Proxy-Authenticate` Digest challenge
+/// (RFC 7616 §3.3), as a client needs it to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub algorithm: Algorithm,
+    /// The server offered `qop="auth"` (a list may offer more; we only do `auth`).
+    pub qop_auth: bool,
+    pub opaque: Option<String>,
+    /// `stale=true`: the credentials were right but the nonce too old (RFC 7616 §3.3),
+    /// so answering again with the same password is expected to succeed.
+    pub stale: bool,
+}
+
+const CHALLENGE_PARAMS: [&str; 6] = ["realm", "nonce", "algorithm", "qop", "opaque", "stale"];
+
+/// Parses one challenge value (`Digest realm="…", nonce="…", …`). Unknown params
+/// (e.g. `domain`) are ignored.
+///
+/// # Errors
+/// [`AuthError::UnsupportedScheme`] for a non-Digest scheme,
+/// [`AuthError::UnsupportedAlgorithm`] for an algorithm other than MD5 and
+/// SHA-256 (a client then tries the next challenge, RFC 8760 §2.4), and the
+/// syntax errors of [`parse_authorization`].
+pub fn parse_challenge(value: &str) -> Result<Challenge, AuthError> {
+    if value.len() > MAX_HEADER_LEN {
+        return Err(AuthError::HeaderTooLong(value.len()));
+    }
+    let mut cur = Cursor { s: value, pos: 0 };
+    cur.skip_lws();
+    if !cur.token().eq_ignore_ascii_case("Digest") {
+        return Err(AuthError::UnsupportedScheme);
+    }
+    let mut values: [Option<String>; CHALLENGE_PARAMS.len()] = Default::default();
+    let mut count = 0usize;
+    loop {
+        cur.skip_lws();
+        match cur.peek() {
+            None => break,
+            Some(b',') => {
+                cur.bump();
+                continue;
+            }
+            Some(_) => {}
+        }
+        count += 1;
+        if count > MAX_PARAMS {
+            return Err(AuthError::TooManyParams);
+        }
+        let name = cur.token();
+        if name.is_empty() {
+            return Err(AuthError::Malformed("expected auth-param name"));
+        }
+        cur.skip_lws();
+        if cur.bump() != Some(b'=') {
+            return Err(AuthError::Malformed("expected '=' after auth-param name"));
+        }
+        cur.skip_lws();
+        let val = if cur.peek() == Some(b'"') {
+            cur.quoted(name)?
+        } else {
+            cur.token().to_owned()
+        };
+        if let Some(i) = CHALLENGE_PARAMS
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+        {
+            if values[i].is_some() {
+                return Err(AuthError::DuplicateParam(CHALLENGE_PARAMS[i]));
+            }
+            values[i] = Some(val);
+        }
+    }
+    let [realm, nonce, algorithm, qop, opaque, stale] = values;
+    Ok(Challenge {
+        realm: realm.ok_or(AuthError::MissingParam("realm"))?,
+        nonce: nonce.ok_or(AuthError::MissingParam("nonce"))?,
+        algorithm: Algorithm::from_param(algorithm.as_deref())?,
+        // qop-options is a quoted, comma-separated list (RFC 7616 §3.3)
+        qop_auth: qop.is_some_and(|q| q.split(',').any(|o| o.trim().eq_ignore_ascii_case("auth"))),
+        opaque,
+        stale: stale.is_some_and(|s| s.eq_ignore_ascii_case("true")),
+    })
+}
+
+/// The first of `values` (challenge header values, in the server's order of
+/// preference) that parses with an algorithm we support (RFC 8760 §2.4: the
+/// client uses the first one it supports).
+pub fn pick_challenge<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Challenge> {
+    values.into_iter().find_map(|v| parse_challenge(v).ok())
+}
+
+/// The `Authorization` value answering `ch` for `method` on `uri` (RFC 7616 §3.4):
+/// `qop=auth` with nonce-count `nc` and `cnonce` when the server offered it, else
+/// the RFC 2069 form. Verifies with [`verify`].
+#[must_use]
+pub fn authorization(
+    ch: &Challenge,
+    method: &str,
+    uri: &str,
+    username: &str,
+    password: &str,
+    cnonce: &str,
+    nc: u32,
+) -> String {
+    let alg = ch.algorithm;
+    let ha1 = ha1(alg, username, &ch.realm, password);
+    let ha2 = alg.hex(&[method.as_bytes(), uri.as_bytes()]);
+    let nc_hex = format!("{nc:08x}");
+    let response = if ch.qop_auth {
+        alg.hex(&[
+            ha1.as_bytes(),
+            ch.nonce.as_bytes(),
+            nc_hex.as_bytes(),
+            cnonce.as_bytes(),
+            b"auth",
+            ha2.as_bytes(),
+        ])
+    } else {
+        alg.hex(&[ha1.as_bytes(), ch.nonce.as_bytes(), ha2.as_bytes()])
+    };
+    let mut s = String::with_capacity(256);
+    s.push_str("Digest username=");
+    push_quoted(&mut s, username);
+    s.push_str(", realm=");
+    push_quoted(&mut s, &ch.realm);
+    s.push_str(", nonce=");
+    push_quoted(&mut s, &ch.nonce);
+    s.push_str(", uri=");
+    push_quoted(&mut s, uri);
+    s.push_str(", response=\"");
+    s.push_str(&response);
+    s.push_str("\", algorithm=");
+    s.push_str(alg.as_str());
+    if ch.qop_auth {
+        s.push_str(", qop=auth, nc=");
+        s.push_str(&nc_hex);
+        s.push_str(", cnonce=");
+        push_quoted(&mut s, cnonce);
+    }
+    if let Some(o) = &ch.opaque {
+        s.push_str(", opaque=");
+        push_quoted(&mut s, o);
+    }
+    s
 }
 
 /// Result of a nonce check.
@@ -1523,5 +1675,44 @@ mod tests {
             true
         )
         .ends_with("stale=true"));
+    }
+
+    #[test]
+    fn client_answers_each_supported_challenge_and_the_server_verifies_it() {
+        for (alg, stale) in [(Algorithm::Md5, false), (Algorithm::Sha256, true)] {
+            let value = challenge("tandem.local", "n0nce", alg, stale);
+            let ch = parse_challenge(&value).unwrap();
+            assert_eq!(ch.algorithm, alg);
+            assert!(ch.qop_auth && ch.stale == stale, "{ch:?}");
+            let auth = super::authorization(&ch, "REGISTER", "sip:h", "alice", "pw", "c0ffee", 3);
+            let resp = parse_authorization(&auth).unwrap();
+            assert_eq!(resp.nc, Some(3));
+            assert!(verify(&resp, "REGISTER", "pw"), "{auth}");
+            assert!(!verify(&resp, "REGISTER", "other"));
+        }
+    }
+
+    #[test]
+    fn client_picks_the_first_supported_challenge_and_handles_rfc2069_and_opaque() {
+        let values = [
+            "Digest realm=\"r\", nonce=\"x\", algorithm=SHA-512-256, qop=\"auth\"",
+            "Basic realm=\"r\"",
+            "Digest realm=\"r\", nonce=\"y\", opaque=\"op\", domain=\"sip:h\"",
+        ];
+        let ch = pick_challenge(values).unwrap();
+        assert_eq!((ch.nonce.as_str(), ch.algorithm), ("y", Algorithm::Md5));
+        assert!(!ch.qop_auth);
+        let auth = super::authorization(&ch, "REGISTER", "sip:h", "bob", "pw", "c", 1);
+        assert!(
+            auth.contains("opaque=\"op\"") && !auth.contains("qop"),
+            "{auth}"
+        );
+        let resp = parse_authorization(&auth).unwrap();
+        assert!(verify(&resp, "REGISTER", "pw"));
+        assert_eq!(
+            parse_challenge("Digest nonce=\"n\""),
+            Err(AuthError::MissingParam("realm"))
+        );
+        assert!(pick_challenge(["Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess"]).is_none());
     }
 }

@@ -68,6 +68,9 @@ header_names! {
     ReferTo => "Refer-To", "r";
     AllowEvents => "Allow-Events", "u";
     Timestamp => "Timestamp";
+    ResourcePriority => "Resource-Priority";
+    // Tandem's registration-token protocol (docs/token-protocol.md).
+    RegistrationToken => "Registration-Token";
 }
 
 impl fmt::Display for HeaderName {
