@@ -11,13 +11,14 @@
 #
 # SIPp variants offer PHONES phones at RATE/s with ../shared/bench/sipp/register_retry.xml
 # (an unmodified phone: honours 503 + Retry-After, up to 10 attempts; no auth).
-# For each: registered, gave up, requests (first transmissions), retransmissions (% of
-# requests), 503s, the time to the last registration, that time divided by the drain
-# time (phones / the capacity CAPACITY, registrations/s, measured beforehand with
-# register_pg.sh; default: Tandem's measured service rate), and CPU per registration.
+# For each: registered, gave up, requests (first transmissions, SIPp's counts file),
+# retransmissions (% of requests), 503s, the time to the last registration (SIPp's
+# run time: it ends with the last phone), and CPU per registration (server +
+# PostgreSQL). Divide the time by the drain time (phones / the capacity measured
+# with register_pg.sh) for the ratio docs/benchmarks.md reports.
 #
 # A benchmark, not a test: it prints figures and asserts nothing.
-# Environment: PHONES (100000), RATE (20000), PRIORITY (100), CAPACITY, SKIP_KAMAILIO=1,
+# Environment: PHONES (100000), RATE (20000), PRIORITY (100), SKIP_SIPP=1, SKIP_KAMAILIO=1,
 # SKIP_SIM=1, TANDEM_PORT (5071), SIPP_PORT (5181), PG_PORT (55432), PG_BIN.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -141,6 +142,7 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores; PHONES=$PHONES RATE=$RATE; $(uptime |
 echo "# tandem $("$tandem" --version) (HEAD $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)); $("$PG_BIN/postgres" --version); sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1)"
 
 for variant in on off; do
+  [ "${SKIP_SIPP:-0}" = 1 ] && break
   start_tandem "$work/$variant.toml" || continue
   label=tandem-admission
   [ "$variant" = off ] && label=tandem-off

@@ -167,13 +167,18 @@ impl Default for AdmissionConfig {
             queue_initial: front.capacity.initial,
             token_timeout_secs: front.token_timeout.as_secs(),
             implicit_window_secs: front.implicit_window.as_secs(),
-            max_tokens: front.max_tokens,
+            // a storm of 100,000 token-aware phones asks for 100,000 tokens
+            // within their 30 s lifetime (50,000 throttled the simulator's
+            // storm to a third of the node's rate)
+            max_tokens: 200_000,
             max_implicit: front.max_implicit,
             // a durable node on a small machine serves thousands a second
             // (docs/benchmarks.md); what is assumed here paces the first
             // second's refusals, until the node has measured itself
             initial_rate: 1000.0,
-            max_in_flight: 1024,
+            // twice the store's default batch: a commit in progress and the
+            // next batch filling (fewer starved the store at 20,000/s)
+            max_in_flight: 4096,
             service_rate_limit: 0,
             cpu_saturation_percent: 90,
             priority_aors: Vec::new(),
@@ -285,6 +290,9 @@ impl AdmissionConfig {
             max_tokens: self.max_tokens,
             max_implicit: self.max_implicit,
             initial_rate: self.initial_rate,
+            // a storm's first seconds decide its retry schedule: measure in
+            // quarter seconds so the estimate settles within about one
+            rate_interval: Duration::from_millis(250),
             ..FrontConfig::default()
         })
     }

@@ -134,6 +134,8 @@ pub struct Counts {
     pub refused: u64,
     /// REGISTERs answered 503 + Retry-After after waiting `max_wait`.
     pub expired_in_queue: u64,
+    /// REGISTERs queued, per class (priority, token, initial).
+    pub queued: [u64; 3],
 }
 
 /// The state `GET /admission` shows.
@@ -203,6 +205,19 @@ impl<T> Front<T> {
     /// [`on_register`](Self::on_register) that hands a refused item back, so
     /// the caller can answer it.
     pub fn offer(
+        &mut self,
+        now: Instant,
+        facts: &RegisterFacts<'_>,
+        item: T,
+    ) -> Result<RegistrationClass, Refused<T>> {
+        let offered = self.decide(now, facts, item);
+        if let Ok(class) = &offered {
+            self.counts.queued[*class as usize] += 1;
+        }
+        offered
+    }
+
+    fn decide(
         &mut self,
         now: Instant,
         facts: &RegisterFacts<'_>,

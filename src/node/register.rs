@@ -16,20 +16,20 @@ use crate::sip::message::values::param;
 use crate::sip::message::{Contacts, HeaderName, Request, Response};
 use crate::sip::transaction::key::TxKey;
 use crate::sip::transport::{Replier, Source};
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::{debug, instrument};
 
 /// A REGISTER between authorisation and its binding write.
 pub(super) struct Pending {
     key: TxKey,
-    req: Request,
+    /// Shared with the late-100 list (weakly), which must not keep it alive.
+    req: Arc<Request>,
     src: Source,
     dest: SocketAddr,
     authorized: Authorized,
@@ -61,8 +61,9 @@ pub struct RegisterFront {
 const CPU_SAMPLE: Duration = Duration::from_millis(250);
 
 /// A `100 Trying` owed to a queued REGISTER: when it was queued, its
-/// transaction, where the answer goes, and the bytes.
-type LateTrying = (Instant, TxKey, Replier, SocketAddr, Bytes);
+/// transaction, where the answer goes, and the request (gone once served: most
+/// are, and building their 100 up front would cost every REGISTER).
+type LateTrying = (Instant, TxKey, Replier, SocketAddr, Weak<Request>);
 
 /// Over TCP a `100` may be sent at any time (RFC 4320 §4.1); it is sent to a
 /// REGISTER still unanswered after this, so one served at once gets only its 200.
@@ -181,7 +182,7 @@ impl Node {
         let Some(front) = &self.admission else {
             let p = Pending {
                 key,
-                req,
+                req: Arc::new(req),
                 src,
                 dest,
                 authorized,
@@ -220,7 +221,8 @@ impl Node {
         // has reached T2 (RFC 4320 §4.1: an earlier 100 is forbidden), which a
         // REGISTER served within the target wait never does: it is answered
         // before its first retransmission.
-        let trying = response_to(&req, 100, None).to_bytes();
+        let req = Arc::new(req);
+        let trying = Arc::downgrade(&req);
         let reliable = src.protocol.is_reliable();
         let (tx, reply) = (key.clone(), (src.reply.clone(), dest));
         let pending = Pending {
@@ -233,9 +235,7 @@ impl Node {
         };
         let offered = front.lock().front.offer(now.at, &facts, pending);
         match offered {
-            Ok(class) => {
-                metrics::counter!("tandem_admission_queued_total", "class" => class_label(class))
-                    .increment(1);
+            Ok(_) => {
                 {
                     let mut f = front.lock();
                     let owed = (now.at, tx, reply.0, reply.1, trying);
@@ -258,9 +258,21 @@ impl Node {
         }
     }
 
-    /// A `100 Trying` through the REGISTER's transaction; nothing if it was
-    /// answered meanwhile (the transaction refuses a provisional after a final).
-    fn send_trying(&self, now: Now, tx: &TxKey, reply: &Replier, dest: SocketAddr, b: Bytes) {
+    /// A `100 Trying` through the REGISTER's transaction, if it is still
+    /// waiting (a served REGISTER's request is gone, and its transaction would
+    /// refuse a provisional after its final answer anyway).
+    fn send_trying(
+        &self,
+        now: Now,
+        tx: &TxKey,
+        reply: &Replier,
+        dest: SocketAddr,
+        req: &Weak<Request>,
+    ) {
+        let Some(req) = req.upgrade() else {
+            return;
+        };
+        let b = response_to(&req, 100, None).to_bytes();
         let sent = self.transactions.lock().send_response(now.at, tx, 100, b);
         if let Ok(b) = sent {
             metrics::counter!("tandem_sip_responses_total", "method" => "REGISTER", "status" => "100").increment(1);
@@ -439,9 +451,8 @@ impl Node {
             }
             std::iter::from_fn(|| f.front.poll_expired()).collect()
         };
-        for (_, tx, reply, dest, b) in late_trying {
-            // most were served long ago: their transactions refuse a 100
-            self.send_trying(now, &tx, &reply, dest, b);
+        for (_, tx, reply, dest, req) in late_trying {
+            self.send_trying(now, &tx, &reply, dest, &req);
         }
         for e in expired {
             debug!(waited = ?e.waited, retry_after = e.retry_after_secs, "REGISTER waited too long; 503");
@@ -497,6 +508,9 @@ fn publish(s: &Snapshot) {
         ("implicit_used", c.implicit_used),
     ] {
         metrics::counter!("tandem_admission_tokens_total", "event" => event).absolute(n);
+    }
+    for (class, n) in ["priority", "token", "initial"].into_iter().zip(c.queued) {
+        metrics::counter!("tandem_admission_queued_total", "class" => class).absolute(n);
     }
     metrics::counter!("tandem_admission_refused_total", "when" => "arrival").absolute(c.refused);
     metrics::counter!("tandem_admission_refused_total", "when" => "max_wait")
