@@ -55,6 +55,8 @@ pub struct RegisterFront {
     /// `cpu_saturated` (a fraction) counts as saturation. `None`: ignored.
     cpu: Option<(CpuMeter, f64)>,
     cpu_sampled: Option<Instant>,
+    /// The UDP listener whose unread datagrams count as load (set by the node).
+    udp_port: Option<u16>,
 }
 
 /// How often the CPU is sampled (a few samples per service-rate interval).
@@ -88,6 +90,7 @@ impl RegisterFront {
                 )
             }),
             cpu_sampled: None,
+            udp_port: None,
             trying: VecDeque::new(),
             trying_reliable: VecDeque::new(),
             trying_after,
@@ -98,6 +101,11 @@ impl RegisterFront {
             pace: Pace::new(service_rate_limit),
             pumping: false,
         }
+    }
+
+    /// Counts the unread datagrams of this UDP listener as load.
+    pub fn watch_udp_port(&mut self, port: u16) {
+        self.udp_port = Some(port);
     }
 
     /// The next REGISTER to serve, if one is waiting and there is room for it.
@@ -421,6 +429,10 @@ impl Node {
             let f = &mut *f;
             if f.cpu_sampled.is_none_or(|t| now.at >= t + CPU_SAMPLE) {
                 f.cpu_sampled = Some(now.at);
+                if let Some(port) = f.udp_port {
+                    let unread = super::cpu::udp_backlog(port).unwrap_or(0) as usize;
+                    f.front.on_unread(now.at, unread);
+                }
                 if let Some((meter, limit)) = &mut f.cpu {
                     let busy = meter.sample();
                     if let Some(b) = busy {
