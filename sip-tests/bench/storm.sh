@@ -18,7 +18,8 @@
 # with register_pg.sh) for the ratio docs/benchmarks.md reports.
 #
 # A benchmark, not a test: it prints figures and asserts nothing.
-# Environment: PHONES (100000), RATE (20000), PRIORITY (100), SKIP_SIPP=1, SKIP_KAMAILIO=1,
+# Environment: PHONES (100000), RATE (20000), PRIORITY (100), VARIANTS ("on off": Tandem
+# with and without admission, in that order), SKIP_SIPP=1, SKIP_KAMAILIO=1,
 # SKIP_SIM=1, TANDEM_PORT (5071), SIPP_PORT (5181), PG_PORT (55432), PG_BIN.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -141,7 +142,7 @@ sipp_storm() {
 echo "# $(date -u +%FT%TZ) $(nproc) cores; PHONES=$PHONES RATE=$RATE; $(uptime | sed 's/^ *//')"
 echo "# tandem $("$tandem" --version) (HEAD $(git -C "$repo" rev-parse --short HEAD 2>/dev/null)); $("$PG_BIN/postgres" --version); sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1)"
 
-for variant in on off; do
+for variant in ${VARIANTS:-on off}; do
   [ "${SKIP_SIPP:-0}" = 1 ] && break
   start_tandem "$work/$variant.toml" || continue
   label=tandem-admission
