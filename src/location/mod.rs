@@ -86,10 +86,43 @@ impl Binding {
 #[derive(Default)]
 struct Inner {
     by_aor: HashMap<String, Vec<Binding>>,
+    /// Registrations replaced by another node's newer one (the phone moved):
+    /// AOR → (binding key, the Call-ID it had here), oldest first in `moved_order`,
+    /// at most [`MAX_MOVED`]. See [`LocationTable::moved_away`].
+    moved: HashMap<String, Vec<(String, String)>>,
+    moved_order: std::collections::VecDeque<String>,
     /// Min-heap of (expiry, aor) with lazy deletion: an entry is checked against the
     /// table when it pops, so refreshes need no heap update.
     expiry: BinaryHeap<Reverse<(UnixMs, String)>>,
     count: usize,
+}
+
+/// Moved registrations remembered (a phone re-homing remembers its old one's
+/// Call-ID here until this many others moved after it).
+const MAX_MOVED: usize = 200_000;
+
+impl Inner {
+    fn remember_moved(&mut self, old: &Binding, new_owner: &NodeId) {
+        if &old.owner == new_owner {
+            return;
+        }
+        let list = self.moved.entry(old.aor.clone()).or_default();
+        list.retain(|(k, _)| k != &old.key);
+        list.push((old.key.clone(), old.call_id.clone()));
+        self.moved_order.push_back(old.aor.clone());
+        while self.moved_order.len() > MAX_MOVED {
+            if let Some(aor) = self.moved_order.pop_front() {
+                if let Some(l) = self.moved.get_mut(&aor) {
+                    if !l.is_empty() {
+                        l.remove(0);
+                    }
+                    if l.is_empty() {
+                        self.moved.remove(&aor);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Thread-safe location table.
@@ -122,6 +155,19 @@ impl LocationTable {
             .by_aor
             .get(aor)
             .is_some_and(|b| b.iter().any(|b| b.expires_at > now && pred(b)))
+    }
+
+    /// The registrations of `aor` this table saw replaced by another node's
+    /// newer registration: (binding key, the Call-ID the replaced one had). A
+    /// phone re-homing from this node (seed 002 FIG. 7) unregisters here with
+    /// that Call-ID, and means the old registration, not the newer one.
+    pub fn moved_away(&self, aor: &str) -> Vec<(String, String)> {
+        self.inner
+            .read()
+            .moved
+            .get(aor)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Runs `f` on the AOR's bindings under the write lock (read-modify-write of one
@@ -232,6 +278,7 @@ impl LocationTable {
         let aor = b.aor.clone();
         let list = inner.by_aor.entry(aor.clone()).or_default();
         let pos = list.iter().position(|o| o.key == b.key);
+        let mut moved = None;
         let changed = match (pos, deleted) {
             (Some(i), true) if list[i].version <= b.version => {
                 list.remove(i);
@@ -240,7 +287,8 @@ impl LocationTable {
             }
             (Some(i), false) if list[i].version < b.version => {
                 inner.expiry.push(Reverse((b.expires_at, b.aor.clone())));
-                list[i] = b;
+                let owner = b.owner.clone();
+                moved = Some((std::mem::replace(&mut list[i], b), owner));
                 true
             }
             (None, false) => {
@@ -253,6 +301,9 @@ impl LocationTable {
         };
         if list.is_empty() {
             inner.by_aor.remove(&aor);
+        }
+        if let Some((old, owner)) = moved {
+            inner.remember_moved(&old, &owner);
         }
         changed
     }
@@ -339,6 +390,38 @@ mod tests {
             version,
             ..b("sip:1000@h", key, 10_000, None)
         }
+    }
+
+    #[test]
+    fn a_registration_replaced_by_another_nodes_is_remembered_with_its_call_id() {
+        let t = LocationTable::new();
+        let mine = Binding {
+            call_id: "at-b".into(),
+            ..owned("k", "b", 1)
+        };
+        t.apply_remote(mine, false);
+        assert!(t.moved_away("sip:1000@h").is_empty());
+        // a newer state from the same node is no move
+        t.apply_remote(
+            Binding {
+                call_id: "at-b".into(),
+                ..owned("k", "b", 2)
+            },
+            false,
+        );
+        assert!(t.moved_away("sip:1000@h").is_empty());
+        // the phone registered at a
+        t.apply_remote(
+            Binding {
+                call_id: "at-a".into(),
+                ..owned("k", "a", 3)
+            },
+            false,
+        );
+        assert_eq!(
+            t.moved_away("sip:1000@h"),
+            vec![("k".to_string(), "at-b".to_string())]
+        );
     }
 
     #[test]

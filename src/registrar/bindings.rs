@@ -25,6 +25,9 @@ pub struct RegisterRequest<'a> {
     pub source: Flow,
     pub user_agent: Option<&'a str>,
     pub owner: &'a NodeId,
+    /// This AOR's registrations replaced by another node's (key, Call-ID they
+    /// had): `LocationTable::moved_away`.
+    pub moved: &'a [(String, String)],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,16 +203,20 @@ pub fn apply(
     Ok((bindings, changes))
 }
 
-/// A binding another node holds under another Call-ID: the phone registered
-/// there since it last registered here. An unregistration here speaks of that
-/// older registration, and must not remove the newer one (seed 002 FIG. 7: a
-/// phone re-homing to its primary tells its backup to forget it; in a cluster
-/// the backup already holds the primary's binding, replicated). RFC 3261 §10.3
-/// step 7 would remove it, as if the nodes were one registrar; for an
-/// unregistration with the same Call-ID (the same registration, moved between
-/// nodes) they still are.
+/// A binding another node holds, which replaced the registration this request
+/// belongs to (its Call-ID is the one the replaced registration had here): the
+/// phone registered there since. An unregistration here speaks of that older
+/// registration and must not remove the newer one (seed 002 FIG. 7: a phone
+/// re-homing to its primary tells its backup to forget it; in a cluster the
+/// backup already holds the primary's binding, replicated). Any other
+/// unregistration removes the binding wherever it is held (RFC 3261 §10.3
+/// step 7: the nodes are one registrar).
 fn moved_away(b: &Binding, req: &RegisterRequest<'_>) -> bool {
-    &b.owner != req.owner && b.call_id != req.call_id
+    &b.owner != req.owner
+        && req
+            .moved
+            .iter()
+            .any(|(key, call_id)| key == &b.key && call_id == req.call_id)
 }
 
 #[cfg(test)]
@@ -244,6 +251,7 @@ mod tests {
             source: "udp:127.0.0.1:5070".parse().unwrap(),
             user_agent: None,
             owner,
+            moved: &[],
         }
     }
 
@@ -293,27 +301,24 @@ mod tests {
             1_000,
         )
         .unwrap();
+        // n1 saw its own registration (Call-ID "at-backup") replaced
+        let moved = [(b[0].key.clone(), "at-backup".to_string())];
         for contacts in ["<sip:a@1.2.3.4>", "*"] {
-            let (left, ch) = apply(
-                &b,
-                &req(contacts, Some(0), "at-backup", 7, &here),
-                &LIMITS,
-                2_000,
-            )
-            .unwrap();
+            let mut r = req(contacts, Some(0), "at-backup", 7, &here);
+            r.moved = &moved;
+            let (left, ch) = apply(&b, &r, &LIMITS, 2_000).unwrap();
             assert_eq!(left.len(), 1, "{contacts}");
             assert!(ch.removed.is_empty(), "{contacts}");
         }
-        // the same registration (same Call-ID) moving between nodes is removed
-        let (left, ch) = apply(
-            &b,
-            &req("<sip:a@1.2.3.4>", Some(0), "at-primary", 2, &here),
-            &LIMITS,
-            2_000,
-        )
-        .unwrap();
-        assert!(left.is_empty());
-        assert_eq!(ch.removed.len(), 1);
+        // any other unregistration here removes it wherever it is held (the
+        // phone moved here and unregisters: the nodes are one registrar)
+        for call_id in ["at-primary", "somewhere-else"] {
+            let mut r = req("<sip:a@1.2.3.4>", Some(0), call_id, 2, &here);
+            r.moved = &moved;
+            let (left, ch) = apply(&b, &r, &LIMITS, 2_000).unwrap();
+            assert!(left.is_empty(), "{call_id}");
+            assert_eq!(ch.removed.len(), 1);
+        }
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl Registrar {
                 None => return fail(400, "Malformed Path"),
             }
         }
+        let moved = self.location.moved_away(aor);
         let register = RegisterRequest {
             aor,
             contacts,
@@ -229,6 +230,7 @@ impl Registrar {
             source,
             user_agent: req.headers.get(&HeaderName::UserAgent),
             owner: &self.node,
+            moved: &moved,
         };
         let result = self.location.update(aor, |existing| {
             let (new, changes) = bindings::apply(existing, &register, &self.limits, now_ms)?;
