@@ -342,7 +342,7 @@ impl Node {
             Outcome::Respond(r) => {
                 self.respond(now, &key, &req, &src, dest, r);
                 if admitted {
-                    self.served(this);
+                    self.served(now, this);
                 }
             }
             Outcome::AfterCommit(r, commit) => {
@@ -357,9 +357,10 @@ impl Node {
                             response_to(&req, 500, Some(&new_tag()))
                         }
                     };
-                    this.respond(Now::read(), &key, &req, &src, dest, r);
+                    let now = Now::read();
+                    this.respond(now, &key, &req, &src, dest, r);
                     if admitted {
-                        this.served(&this);
+                        this.served(now, &this);
                     }
                 });
             }
@@ -368,12 +369,12 @@ impl Node {
 
     /// A served REGISTER's answer went out: it counts towards the service rate
     /// and makes room for the next.
-    fn served(&self, this: &Arc<Node>) {
+    fn served(&self, now: Now, this: &Arc<Node>) {
         if let Some(front) = &self.admission {
             {
                 let mut f = front.lock();
                 f.in_flight = f.in_flight.saturating_sub(1);
-                f.front.on_served(Instant::now(), 1);
+                f.front.on_served(now.at, 1);
             }
             self.pump(this);
         }
@@ -423,26 +424,36 @@ impl Node {
         let Some(front) = &self.admission else {
             return;
         };
+        // The files are read outside the front's lock (REGISTERs keep flowing
+        // meanwhile): the meter is taken out while it samples.
+        let due = {
+            let mut f = front.lock();
+            if f.cpu_sampled.is_none_or(|t| now.at >= t + CPU_SAMPLE) {
+                f.cpu_sampled = Some(now.at);
+                Some((f.udp_port, f.cpu.take()))
+            } else {
+                None
+            }
+        };
+        if let Some((port, mut cpu)) = due {
+            let unread = port.and_then(super::cpu::udp_backlog);
+            let busy = cpu.as_mut().and_then(|(meter, _)| meter.sample());
+            if let Some(b) = busy {
+                metrics::gauge!("tandem_admission_cpu_busy_ratio").set(b);
+            }
+            let mut f = front.lock();
+            if let Some(n) = unread {
+                f.front.on_unread(now.at, n as usize);
+            }
+            if busy.is_some_and(|b| cpu.as_ref().is_some_and(|(_, limit)| b >= *limit)) {
+                f.front.on_cpu_saturated(now.at);
+            }
+            f.cpu = cpu;
+        }
         let mut late_trying = Vec::new();
         let expired: Vec<_> = {
             let mut f = front.lock();
             let f = &mut *f;
-            if f.cpu_sampled.is_none_or(|t| now.at >= t + CPU_SAMPLE) {
-                f.cpu_sampled = Some(now.at);
-                if let Some(port) = f.udp_port {
-                    let unread = super::cpu::udp_backlog(port).unwrap_or(0) as usize;
-                    f.front.on_unread(now.at, unread);
-                }
-                if let Some((meter, limit)) = &mut f.cpu {
-                    let busy = meter.sample();
-                    if let Some(b) = busy {
-                        metrics::gauge!("tandem_admission_cpu_busy_ratio").set(b);
-                    }
-                    if busy.is_some_and(|b| b >= *limit) {
-                        f.front.on_cpu_saturated(now.at);
-                    }
-                }
-            }
             if f.front.poll_timeout().is_some_and(|t| t <= now.at) {
                 f.front.handle_timeout(now.at);
             }
