@@ -64,6 +64,7 @@ pub const METRICS: &[Metric] = &[
     m("tandem_tcp_connections_refused_total", Counter, &[], "TCP connections refused at the connection limit"),
     m("tandem_store_commits_total", Counter, &[], "Store transactions committed"),
     m("tandem_store_batch_size", Histogram, &[], "Binding changes per store transaction (group commit)"),
+    m("tandem_store_commit_seconds", Histogram, &[], "Time one store transaction (a group commit) took"),
     m("tandem_proxy_contexts", Gauge, &[], "Requests being proxied (server transactions with branches)"),
     m("tandem_gateway_up", Gauge, &["gateway"], "1 while a probed gateway answers OPTIONS, 0 while it is skipped"),
     m("tandem_calls_active", Gauge, &[], "Calls in the call-state table not yet ended (trying, early, confirmed)"),
@@ -96,6 +97,12 @@ pub const BUCKETS: &[(&str, &[f64])] = &[
         "tandem_call_setup_seconds",
         &[
             0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
+        ],
+    ),
+    (
+        "tandem_store_commit_seconds",
+        &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ],
     ),
     (

@@ -112,10 +112,14 @@ impl StoreWriter {
                 for j in &mut jobs {
                     ops.append(&mut j.ops);
                 }
+                let started = std::time::Instant::now();
                 let result = store
                     .apply(&ops)
                     .await
                     .map_err(|e| CommitError::Failed(Arc::new(e)));
+                // seed 002's load measure: what a registration waits for
+                metrics::histogram!("tandem_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, ops = ops.len(), "store commit failed");
                 }
