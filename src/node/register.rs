@@ -244,8 +244,11 @@ impl Node {
         let offered = front.lock().front.offer(now.at, &facts, pending);
         match offered {
             Ok(_) => {
-                {
-                    let mut f = front.lock();
+                self.pump(this);
+                // Served at once (nothing left waiting): no 100 will be owed,
+                // so nothing is kept for it (the usual case, even in a storm).
+                let mut f = front.lock();
+                if f.front.queued() > 0 {
                     let owed = (now.at, tx, reply.0, reply.1, trying);
                     if reliable {
                         f.trying_reliable.push_back(owed);
@@ -253,7 +256,6 @@ impl Node {
                         f.trying.push_back(owed);
                     }
                 }
-                self.pump(this);
             }
             Err(Refused {
                 item: p,
