@@ -163,8 +163,6 @@ struct Waiting<T> {
 
 pub struct Front<T> {
     cfg: FrontConfig,
-    /// Requests received but not yet read by the node (the socket's queue).
-    unread: usize,
     tokens: TokenTable,
     queue: RegistrationQueue<Waiting<T>>,
     rate: ServiceRate,
@@ -179,7 +177,6 @@ impl<T> Front<T> {
     pub fn new(cfg: FrontConfig, mut rng: StdRng) -> Front<T> {
         let schedule_rng = StdRng::seed_from_u64(rng.random());
         Front {
-            unread: 0,
             tokens: TokenTable::new(cfg.max_tokens, cfg.max_implicit, rng),
             queue: RegistrationQueue::new(cfg.capacity, cfg.aging, cfg.max_wait),
             rate: ServiceRate::new(
@@ -380,18 +377,11 @@ impl<T> Front<T> {
         }
     }
 
-    /// FIG. 5 step 102: the wait a newcomer can expect: the queue, the tokens
-    /// on their way, and what the node has received but not read yet.
+    /// FIG. 5 step 102: the wait a newcomer can expect: the queue and the
+    /// tokens on their way.
     fn projected_wait(&self) -> Duration {
         self.rate
-            .projected_wait(self.queue.len() + self.tokens.pending() + self.unread)
-    }
-
-    /// Requests waiting in the node's socket at `now`, not yet read: work ahead
-    /// of any newcomer, though the queue cannot see it.
-    pub fn on_unread(&mut self, now: Instant, unread: usize) {
-        self.rate.tick(now, self.queue.len());
-        self.unread = unread;
+            .projected_wait(self.queue.len() + self.tokens.pending())
     }
 
     fn under_target(&self) -> bool {
@@ -547,24 +537,6 @@ mod tests {
             ),
             (21, 31, 1, 19),
             "19 of the first 20 tokens expired unused"
-        );
-    }
-
-    #[test]
-    fn unread_requests_count_in_the_projected_wait() {
-        let t0 = Instant::now();
-        let mut f = front();
-        // 10/s and a 2 s target: 25 unread datagrams are 2.5 s of work
-        f.on_unread(t0, 25);
-        assert_eq!(f.snapshot(t0).projected_wait, ms(2500));
-        assert!(matches!(
-            f.on_register(t0, &phone("sip:new@h"), 1),
-            Verdict::Refuse { .. }
-        ));
-        f.on_unread(t0, 0);
-        assert_eq!(
-            f.on_register(t0, &phone("sip:new2@h"), 2),
-            Verdict::Queued(Initial)
         );
     }
 

@@ -128,8 +128,7 @@ impl ServiceRate {
 
     /// How long `backlog` registrations take to drain at the estimated rate.
     ///
-    /// (The caller adds what waits outside the queue: granted tokens, and the
-    /// datagrams the node has not read yet.)
+    /// (The caller adds what waits outside the queue: granted, unused tokens.)
     pub fn projected_wait(&self, backlog: usize) -> Duration {
         Duration::from_secs_f64(backlog as f64 / self.rate)
     }

@@ -187,9 +187,6 @@ impl Node {
                 parts.timers,
             )
         });
-        if let (Some(front), Some((_, addr))) = (&parts.admission, &parts.outbound) {
-            front.lock().watch_udp_port(addr.port());
-        }
         Node {
             registrar: parts.registrar,
             admission: parts.admission,

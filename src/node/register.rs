@@ -55,8 +55,6 @@ pub struct RegisterFront {
     /// `cpu_saturated` (a fraction) counts as saturation. `None`: ignored.
     cpu: Option<(CpuMeter, f64)>,
     cpu_sampled: Option<Instant>,
-    /// The UDP listener whose unread datagrams count as load (set by the node).
-    udp_port: Option<u16>,
 }
 
 /// How often the CPU is sampled (a few samples per service-rate interval).
@@ -90,7 +88,6 @@ impl RegisterFront {
                 )
             }),
             cpu_sampled: None,
-            udp_port: None,
             trying: VecDeque::new(),
             trying_reliable: VecDeque::new(),
             trying_after,
@@ -101,11 +98,6 @@ impl RegisterFront {
             pace: Pace::new(service_rate_limit),
             pumping: false,
         }
-    }
-
-    /// Counts the unread datagrams of this UDP listener as load.
-    pub fn watch_udp_port(&mut self, port: u16) {
-        self.udp_port = Some(port);
     }
 
     /// The next REGISTER to serve, if one is waiting and there is room for it.
@@ -426,27 +418,23 @@ impl Node {
         let Some(front) = &self.admission else {
             return;
         };
-        // The files are read outside the front's lock (REGISTERs keep flowing
+        // /proc/stat is read outside the front's lock (REGISTERs keep flowing
         // meanwhile): the meter is taken out while it samples.
         let due = {
             let mut f = front.lock();
             if f.cpu_sampled.is_none_or(|t| now.at >= t + CPU_SAMPLE) {
                 f.cpu_sampled = Some(now.at);
-                Some((f.udp_port, f.cpu.take()))
+                Some(f.cpu.take())
             } else {
                 None
             }
         };
-        if let Some((port, mut cpu)) = due {
-            let unread = port.and_then(super::cpu::udp_backlog);
+        if let Some(mut cpu) = due {
             let busy = cpu.as_mut().and_then(|(meter, _)| meter.sample());
             if let Some(b) = busy {
                 metrics::gauge!("tandem_admission_cpu_busy_ratio").set(b);
             }
             let mut f = front.lock();
-            if let Some(n) = unread {
-                f.front.on_unread(now.at, n as usize);
-            }
             if busy.is_some_and(|b| cpu.as_ref().is_some_and(|(_, limit)| b >= *limit)) {
                 f.front.on_cpu_saturated(now.at);
             }
