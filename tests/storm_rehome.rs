@@ -146,7 +146,48 @@ async fn ten_thousand_phones_re_home_to_their_primary_priority_devices_first() {
     // none lost: the primary owns every phone, the secondary none (each
     // re-homed phone unregistered there), in both nodes' tables
     let on_primary = own_bindings(&primary, "a");
-    assert_eq!(on_primary.len(), phones as usize);
+    if on_primary.len() != phones as usize {
+        let mut held: Vec<String> = primary
+            .node
+            .registrar()
+            .location()
+            .snapshot()
+            .into_iter()
+            .filter(|b| &*b.owner.0 != "a")
+            .map(|b| {
+                format!(
+                    "{} owner={} v={} call-id={}",
+                    b.aor, b.owner.0, b.version, b.call_id
+                )
+            })
+            .collect();
+        held.truncate(10);
+        let have: std::collections::HashSet<String> =
+            on_primary.iter().map(|b| b.aor.clone()).collect();
+        let missing: Vec<String> = (0..phones)
+            .map(|i| format!("sip:storm{i}@127.0.0.1"))
+            .filter(|a| !have.contains(a))
+            .collect();
+        let at_b: Vec<String> = missing
+            .iter()
+            .flat_map(|a| secondary.node.registrar().location().lookup(a, 0))
+            .map(|b| {
+                format!(
+                    "{} owner={} v={} call-id={}",
+                    b.aor, b.owner.0, b.version, b.call_id
+                )
+            })
+            .collect();
+        let moved: Vec<_> = missing
+            .iter()
+            .map(|a| secondary.node.registrar().location().moved_away(a))
+            .collect();
+        panic!(
+            "{} of {phones} on the primary; others in its table: {held:?}; missing {missing:?}; \
+             at the secondary: {at_b:?}; moved there: {moved:?}",
+            on_primary.len()
+        );
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let left = own_bindings(&secondary, "b").len();

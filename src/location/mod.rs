@@ -177,10 +177,22 @@ impl LocationTable {
         aor: &str,
         f: impl FnOnce(&[Binding]) -> Result<(Vec<Binding>, T), E>,
     ) -> Result<T, E> {
+        self.update_knowing_moves(aor, |existing, _| f(existing))
+    }
+
+    /// [`update`](Self::update), with the AOR's [`moved_away`](Self::moved_away)
+    /// list read under the same lock (read before it, a replicated change could
+    /// slip in between and be judged by a stale list).
+    pub fn update_knowing_moves<T, E>(
+        &self,
+        aor: &str,
+        f: impl FnOnce(&[Binding], &[(String, String)]) -> Result<(Vec<Binding>, T), E>,
+    ) -> Result<T, E> {
         let mut inner = self.inner.write();
         let old = inner.by_aor.get(aor).map(Vec::as_slice).unwrap_or(&[]);
+        let moved = inner.moved.get(aor).map(Vec::as_slice).unwrap_or(&[]);
         let old_len = old.len();
-        let (new, out) = f(old)?;
+        let (new, out) = f(old, moved)?;
         let new_len = new.len();
         let earliest = new.iter().map(|b| b.expires_at).min();
         if new.is_empty() {

@@ -215,7 +215,6 @@ impl Registrar {
                 None => return fail(400, "Malformed Path"),
             }
         }
-        let moved = self.location.moved_away(aor);
         let register = RegisterRequest {
             aor,
             contacts,
@@ -230,9 +229,10 @@ impl Registrar {
             source,
             user_agent: req.headers.get(&HeaderName::UserAgent),
             owner: &self.node,
-            moved: &moved,
+            moved: &[],
         };
-        let result = self.location.update(aor, |existing| {
+        let result = self.location.update_knowing_moves(aor, |existing, moved| {
+            let register = RegisterRequest { moved, ..register };
             let (new, changes) = bindings::apply(existing, &register, &self.limits, now_ms)?;
             let ok = self.ok_response(req, &new, now_ms);
             let mut ops: Vec<StoreOp> = changes
