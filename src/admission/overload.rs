@@ -250,15 +250,7 @@ pub fn stamp_oc(via_field: &str, fb: Feedback) -> Option<String> {
             .iter()
             .any(|p| n.eq_ignore_ascii_case(p))
     });
-    let mut v = format!("SIP/2.0/{} {}", top.transport, top.sent_by());
-    for (n, val) in &top.params {
-        v.push(';');
-        v.push_str(n);
-        if let Some(val) = val {
-            v.push('=');
-            v.push_str(val);
-        }
-    }
+    let mut v = top.to_value();
     // §5.2: the loss algorithm is the one every client supports (§7), so it is
     // the one chosen; oc-seq = 1*12DIGIT "." 1*5DIGIT (§9 grammar).
     v.push_str(&format!(

@@ -87,6 +87,22 @@ impl Via {
         param(&self.params, "branch").flatten()
     }
 
+    /// The value as written on the wire (`SIP/2.0/UDP host:port;param=value…`),
+    /// for a Via that was changed after parsing (RFC 3261 §18.2.1 `received`,
+    /// RFC 7339 §5.2 `oc`).
+    pub fn to_value(&self) -> String {
+        let mut v = format!("SIP/2.0/{} {}", self.transport, self.sent_by());
+        for (n, val) in &self.params {
+            v.push(';');
+            v.push_str(n);
+            if let Some(val) = val {
+                v.push('=');
+                v.push_str(val);
+            }
+        }
+        v
+    }
+
     /// `sent-by` as written (`host[:port]`), part of the transaction key (§17.2.3).
     pub fn sent_by(&self) -> String {
         match self.port {

@@ -30,15 +30,7 @@ pub fn stamp_via(req: &mut Request, peer: SocketAddr) -> Option<Via> {
         changed = true;
     }
     if changed {
-        let mut v = format!("SIP/2.0/{} {}", top.transport, top.sent_by());
-        for (n, val) in &top.params {
-            v.push(';');
-            v.push_str(n);
-            if let Some(val) = val {
-                v.push('=');
-                v.push_str(val);
-            }
-        }
+        let mut v = top.to_value();
         // the other values of this header field stay as they were
         let rest = split_commas(&h.value)
             .map(|parts| parts[1..].join(", "))
