@@ -295,38 +295,16 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Parses an `Authorization` / `Proxy-Authorization` header value.
-///
-/// Accepts scheme `Digest` (case-insensitive), comma-separated auth-params
-/// with optional LWS around `=` and `,` (empty list elements are skipped),
-/// values as quoted-strings (backslash escapes) or tokens (either form for
-/// any param). Unknown params are ignored; a duplicated known param, a
-/// missing mandatory one (`username`, `realm`, `nonce`, `uri`, `response`;
-/// `cnonce` and `nc` when `qop` is present) is an error, as are `cnonce`/`nc`
-/// without `qop`. `nc` must be exactly 8 hex digits and non-zero. Inputs over
-/// [`MAX_HEADER_LEN`], params over [`MAX_PARAM_LEN`] and more than
-/// [`MAX_PARAMS`] params are rejected.
-///
-/// # Errors
-/// The [`AuthError`] variant describing the first problem found.
-pub fn parse_authorization(value: &str) -> Result<DigestResponse, AuthError> {
-    if value.len() > MAX_HEADER_LEN {
-        return Err(AuthError::HeaderTooLong(value.len()));
-    }
-    let mut cur = Cursor { s: value, pos: 0 };
-    cur.skip_lws();
-    let scheme = cur.token();
-    if scheme.is_empty() {
-        return Err(AuthError::Malformed("missing authentication scheme"));
-    }
-    if !scheme.eq_ignore_ascii_case("Digest") {
-        return Err(AuthError::UnsupportedScheme);
-    }
-    if cur.peek().is_some() && !cur.skip_lws() {
-        return Err(AuthError::Malformed("expected whitespace after scheme"));
-    }
-
-    let mut values: [Option<String>; KNOWN_PARAMS.len()] = Default::default();
+/// The auth-params after the scheme (RFC 7235 §2.1, RFC 7616 §3.3–3.4):
+/// comma-separated `name=value` with optional LWS, values as quoted-strings or
+/// tokens, empty list elements skipped. The values of the `known` names are
+/// returned in their order; others are ignored. Shared by the server's
+/// `Authorization` parser and the client's challenge parser.
+fn auth_params<const N: usize>(
+    cur: &mut Cursor<'_>,
+    known: &[&'static str; N],
+) -> Result<[Option<String>; N], AuthError> {
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
     let mut count = 0usize;
     loop {
         cur.skip_lws();
@@ -366,12 +344,9 @@ pub fn parse_authorization(value: &str) -> Result<DigestResponse, AuthError> {
         if val.len() > MAX_PARAM_LEN {
             return Err(AuthError::ParamTooLong(clip(name)));
         }
-        if let Some(i) = KNOWN_PARAMS
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))
-        {
+        if let Some(i) = known.iter().position(|k| k.eq_ignore_ascii_case(name)) {
             if values[i].is_some() {
-                return Err(AuthError::DuplicateParam(KNOWN_PARAMS[i]));
+                return Err(AuthError::DuplicateParam(known[i]));
             }
             values[i] = Some(val);
         }
@@ -382,6 +357,41 @@ pub fn parse_authorization(value: &str) -> Result<DigestResponse, AuthError> {
             Some(_) => return Err(AuthError::Malformed("expected ',' between auth-params")),
         }
     }
+    Ok(values)
+}
+
+/// Parses an `Authorization` / `Proxy-Authorization` header value.
+///
+/// Accepts scheme `Digest` (case-insensitive), comma-separated auth-params
+/// with optional LWS around `=` and `,` (empty list elements are skipped),
+/// values as quoted-strings (backslash escapes) or tokens (either form for
+/// any param). Unknown params are ignored; a duplicated known param, a
+/// missing mandatory one (`username`, `realm`, `nonce`, `uri`, `response`;
+/// `cnonce` and `nc` when `qop` is present) is an error, as are `cnonce`/`nc`
+/// without `qop`. `nc` must be exactly 8 hex digits and non-zero. Inputs over
+/// [`MAX_HEADER_LEN`], params over [`MAX_PARAM_LEN`] and more than
+/// [`MAX_PARAMS`] params are rejected.
+///
+/// # Errors
+/// The [`AuthError`] variant describing the first problem found.
+pub fn parse_authorization(value: &str) -> Result<DigestResponse, AuthError> {
+    if value.len() > MAX_HEADER_LEN {
+        return Err(AuthError::HeaderTooLong(value.len()));
+    }
+    let mut cur = Cursor { s: value, pos: 0 };
+    cur.skip_lws();
+    let scheme = cur.token();
+    if scheme.is_empty() {
+        return Err(AuthError::Malformed("missing authentication scheme"));
+    }
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(AuthError::UnsupportedScheme);
+    }
+    if cur.peek().is_some() && !cur.skip_lws() {
+        return Err(AuthError::Malformed("expected whitespace after scheme"));
+    }
+
+    let values = auth_params(&mut cur, &KNOWN_PARAMS)?;
 
     let [username, realm, nonce, uri, response, algorithm, cnonce, nc, qop, opaque] = values;
     let username = username.ok_or(AuthError::MissingParam("username"))?;
@@ -576,46 +586,7 @@ pub fn parse_challenge(value: &str) -> Result<Challenge, AuthError> {
     if !cur.token().eq_ignore_ascii_case("Digest") {
         return Err(AuthError::UnsupportedScheme);
     }
-    let mut values: [Option<String>; CHALLENGE_PARAMS.len()] = Default::default();
-    let mut count = 0usize;
-    loop {
-        cur.skip_lws();
-        match cur.peek() {
-            None => break,
-            Some(b',') => {
-                cur.bump();
-                continue;
-            }
-            Some(_) => {}
-        }
-        count += 1;
-        if count > MAX_PARAMS {
-            return Err(AuthError::TooManyParams);
-        }
-        let name = cur.token();
-        if name.is_empty() {
-            return Err(AuthError::Malformed("expected auth-param name"));
-        }
-        cur.skip_lws();
-        if cur.bump() != Some(b'=') {
-            return Err(AuthError::Malformed("expected '=' after auth-param name"));
-        }
-        cur.skip_lws();
-        let val = if cur.peek() == Some(b'"') {
-            cur.quoted(name)?
-        } else {
-            cur.token().to_owned()
-        };
-        if let Some(i) = CHALLENGE_PARAMS
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(name))
-        {
-            if values[i].is_some() {
-                return Err(AuthError::DuplicateParam(CHALLENGE_PARAMS[i]));
-            }
-            values[i] = Some(val);
-        }
-    }
+    let values = auth_params(&mut cur, &CHALLENGE_PARAMS)?;
     let [realm, nonce, algorithm, qop, opaque, stale] = values;
     Ok(Challenge {
         realm: realm.ok_or(AuthError::MissingParam("realm"))?,
