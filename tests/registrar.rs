@@ -193,17 +193,6 @@ fn uris(resp: &str) -> Vec<String> {
     bindings(resp).into_iter().map(|(u, _)| u).collect()
 }
 
-async fn health_bindings(n: &TestNode) -> u64 {
-    let h = http_get(n.admin(), "/health").await;
-    let i = h.find("\"bindings\":").expect("bindings in /health") + 11;
-    h[i..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 /// Sum of a Prometheus counter over all its label sets.
 async fn metric_sum(n: &TestNode, name: &str) -> f64 {
     let m = http_get(n.admin(), "/metrics").await;

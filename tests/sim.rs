@@ -48,18 +48,6 @@ fn plan(start: u32, phones: u32, priority: u32) -> Plan {
     }
 }
 
-/// `"bindings":N` of a node's /health.
-async fn bindings(n: &TestNode) -> u64 {
-    let h = http_get(n.admin(), "/health").await;
-    let i = h.find("\"bindings\":").expect("bindings in /health") + 11;
-    h[i..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 /// Sum of the samples of `name` whose labels contain `label` (counters are
 /// process-wide, so other tests may add to them: compare with >=).
 fn metric(text: &str, name: &str, label: &str) -> f64 {
@@ -99,7 +87,7 @@ async fn twenty_phones_register_in_token_and_plain_mode() {
     }
     // one binding per phone: the second run replaced the first run's bindings
     // (same +sip.instance, RFC 5626 §6)
-    assert_eq!(bindings(&node).await, 20);
+    assert_eq!(health_bindings(&node).await, 20);
     let text = http_get(node.admin(), "/metrics").await;
     let ok = metric(&text, "tandem_register_total", "outcome=\"ok\"");
     assert!(ok >= 40.0, "two runs of 20 registrations:\n{text}");
@@ -122,7 +110,7 @@ async fn phones_fail_over_to_the_secondary_and_re_home_when_the_primary_returns(
 
     // the phones give up on the primary and register with the secondary
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bindings(&secondary).await < 5 {
+    while health_bindings(&secondary).await < 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no failover to the secondary"
@@ -148,7 +136,7 @@ async fn phones_fail_over_to_the_secondary_and_re_home_when_the_primary_returns(
     assert_eq!(s.registered_primary, 5, "{}", s.line());
     assert_eq!((s.failovers, s.rehomes), (5, 5), "{}", s.line());
     // re-homed phones unregistered from the secondary (Expires: 0)
-    assert_eq!(bindings(&secondary).await, 0);
+    assert_eq!(health_bindings(&secondary).await, 0);
     let h = http_get(primary.admin.unwrap(), "/health").await;
     assert!(h.contains("\"bindings\":5"), "{h}");
     primary.shutdown().await;

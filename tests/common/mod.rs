@@ -207,6 +207,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `"bindings":N` of a node's /health.
+pub async fn health_bindings(n: &TestNode) -> u64 {
+    let h = http_get(n.admin(), "/health").await;
+    let i = h.find("\"bindings\":").expect("bindings in /health") + 11;
+    h[i..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
 /// A request from a UDP client on `port` (Via with `rport`), with extra header lines
 /// (each ending in CRLF) and no body. `ruri` is the whole Request-URI.
 pub fn sip_request(method: &str, ruri: &str, port: u16, call_id: &str, extra: &str) -> String {
