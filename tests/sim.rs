@@ -60,8 +60,8 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_phones_register_in_token_and_plain_mode() {
     let node = TestNode::start("authenticate = true", &users(0, 20)).await;
-    // token mode: the node runs no admission yet, so the token request is answered
-    // 200 without a token, which means "register at once"
+    // token mode: the node (admission on by default, far from loaded) grants
+    // each phone its token at once
     for mode in [Mode::Token, Mode::Plain] {
         let out = run(profile(vec![node.udp()], mode), &plan(0, 20, 3))
             .await
@@ -72,6 +72,11 @@ async fn twenty_phones_register_in_token_and_plain_mode() {
         assert_eq!(s.status_401, 20, "one challenge each: {}", s.line());
         assert_eq!(s.priority_registered, 3, "{}", s.line());
         assert_eq!(s.stopped, "settled");
+        let tokens = match mode {
+            Mode::Token => 20,
+            Mode::Plain => 0,
+        };
+        assert_eq!(s.tokens, tokens, "{}", s.line());
         let expected = match mode {
             Mode::Token => 60, // OPTIONS, REGISTER, REGISTER with credentials
             Mode::Plain => 40,
