@@ -190,29 +190,22 @@ impl Node {
             };
             return self.serve(now, this, p, false);
         };
-        // The facts are copied out (a few short strings): the request itself
-        // moves into the queue.
-        let instance = instance_of(&req).to_string();
-        let resource_priority = req
-            .headers
-            .get(&HeaderName::ResourcePriority)
-            .map(str::to_string);
-        let token = req
-            .headers
-            .get(&HeaderName::RegistrationToken)
-            .map(str::to_string);
+        // The request moves into the queue; the facts borrow from a second
+        // handle on it.
+        let req = Arc::new(req);
+        let held = req.clone();
+        let instance = instance_of(&held);
         let aor = authorized.aor.clone();
         let me = self.registrar.node_id();
         let binding_exists = self.registrar.location().any(&aor, now.unix_ms(), |b| {
-            &b.owner == me
-                && (b.instance.as_deref() == Some(instance.as_str()) || b.call_id == instance)
+            &b.owner == me && (b.instance.as_deref() == Some(instance) || b.call_id == instance)
         });
         let facts = RegisterFacts {
             aor: &aor,
             source: src.peer.ip(),
-            resource_priority: resource_priority.as_deref(),
-            token: token.as_deref(),
-            instance: &instance,
+            resource_priority: held.headers.get(&HeaderName::ResourcePriority),
+            token: held.headers.get(&HeaderName::RegistrationToken),
+            instance,
             binding_exists,
         };
         // A queued REGISTER's retransmissions meet its server transaction,
@@ -221,7 +214,6 @@ impl Node {
         // has reached T2 (RFC 4320 §4.1: an earlier 100 is forbidden), which a
         // REGISTER served within the target wait never does: it is answered
         // before its first retransmission.
-        let req = Arc::new(req);
         let trying = Arc::downgrade(&req);
         let reliable = src.protocol.is_reliable();
         let (tx, reply) = (key.clone(), (src.reply.clone(), dest));
